@@ -1,0 +1,34 @@
+"""`aimctl`: the one command-line entry point (typer + rich).
+
+Sub-command groups live in their own modules (``pipelines/cli_*.py``) and are registered here.
+Heavy imports (ray, mlflow, torch) happen inside the commands so ``aimctl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="aimctl",
+    help="AIM pre-training pipeline: data (Ray Data), pre-training (Ray Train), sweeps (Ray Tune), MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _register() -> None:
+    from pipelines import cli_model
+
+    app.add_typer(cli_model.app, name="model")
+    try:
+        from pipelines import cli_data
+    except ImportError:  # the data group is optional until it exists
+        return
+    app.add_typer(cli_data.app, name="data")
+
+
+_register()
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
