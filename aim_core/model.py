@@ -99,7 +99,12 @@ class AIM(nn.Module):
 
     def training_loss(self, images: torch.Tensor, prefix_len: torch.Tensor | None = None) -> LossOutput:
         """Next-patch loss; in prefix mode only targets outside the prefix count."""
-        pred = self(images, prefix_len)[:, :-1]  # (B, K-1, D)
+        return self.loss_from_predictions(images, self(images, prefix_len), prefix_len)
+
+    def loss_from_predictions(self, images: torch.Tensor, predictions: torch.Tensor,
+                              prefix_len: torch.Tensor | None = None) -> LossOutput:
+        """The loss for `predictions = model(images, prefix_len)` (lets a DDP/FSDP wrapper run the forward)."""
+        pred = predictions[:, :-1]  # (B, K-1, D)
         target = self.target.make(images)[:, self.perm][:, 1:]  # raster -> sequence, shifted by one
         use = prefix_len if self.config.attention == "prefix" else None
         loss_mask = masks.loss_positions(self.config.num_patches, images.shape[0], use, images.device)
