@@ -18,14 +18,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from pipelines import cli_model
+    from pipelines import cli_data, cli_model, cli_train
 
     app.add_typer(cli_model.app, name="model")
-    try:
-        from pipelines import cli_data
-    except ImportError:  # the data group is optional until it exists
-        return
     app.add_typer(cli_data.app, name="data")
+    app.command("pretrain")(cli_train.pretrain)
+    app.command("probe")(cli_train.probe)
 
 
 _register()

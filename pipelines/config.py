@@ -1,0 +1,240 @@
+"""The experiment config: one YAML file per experiment, parsed into typed sections.
+
+Every section rejects unknown keys; impossible combinations fail at load time with one line that names
+the field (`ConfigError`). Command-line overrides use dotted keys: `--set optim.lr=5e-4`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.data.config import DataConfig
+
+__all__ = ["ConfigError", "ExperimentConfig", "load_experiment", "apply_overrides", "flatten", "Strict"]
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one line naming the file and field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Strict):
+    """Which AIM: a preset from `aim_core.PRESETS` plus optional field overrides."""
+
+    preset: str = "aim-tiny"
+    img_size: int | None = Field(None, gt=0)
+    patch_size: int | None = Field(None, gt=0)
+    width: int | None = Field(None, gt=0)
+    depth: int | None = Field(None, gt=0)
+    num_heads: int | None = Field(None, gt=0)
+    mlp_ratio: float | None = Field(None, gt=0)
+    head: Literal["none", "mlp", "transformer"] | None = None
+    head_width: int | None = Field(None, gt=0)
+    head_depth: int | None = Field(None, ge=0)
+    head_num_heads: int | None = Field(None, gt=0)
+    attention: Literal["causal", "prefix"] | None = None
+    order: Literal["raster", "spiral", "checkerboard", "random"] | None = None
+    order_seed: int | None = None
+    attn_impl: Literal["auto", "sdpa", "flex"] | None = None
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        from aim_core.presets import PRESETS
+
+        if v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; choose one of {', '.join(PRESETS)}")
+        return v
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(exclude={"preset"}).items() if v is not None}
+
+
+class TargetSection(Strict):
+    """Prediction target. kmeans/dvae fit their codebook/tokenizer on `fit_images` training images."""
+
+    name: Literal["pixel", "norm_pixel", "kmeans", "dvae"] = "norm_pixel"
+    num_clusters: int = Field(512, ge=2)
+    dvae_vocab: int = Field(512, ge=2)
+    fit_images: int = Field(2048, ge=16)
+    fit_steps: int = Field(300, ge=1, description="k-means iterations or dVAE training steps")
+
+
+class OptimSection(Strict):
+    lr: float = Field(1e-3 / 16, gt=0, description="learning rate per 256 images (scaled by global batch / 256)")
+    batch_size: int = Field(64, gt=0, description="global batch size (all workers)")
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    clip_grad: float | None = Field(1.0, gt=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError("betas must be in [0, 1)")
+        return v
+
+
+class ScheduleSection(Strict):
+    steps: int = Field(200, gt=0)
+    warmup_fraction: float = Field(0.025, ge=0, lt=1)
+    warmup_lr_init: float = Field(1e-6, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class ScalingSection(Strict):
+    num_workers: int = Field(1, ge=0, description="0 runs the loop in the driver process")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+    strategy: Literal["ddp", "fsdp", "auto"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    max_failures: int = Field(2, ge=0)
+    threads_per_worker: int | None = Field(None, gt=0)
+    shuffle_buffer: int = Field(1024, ge=0, description="per-worker local shuffle buffer (rows), reseeded each epoch")
+    deterministic_data: bool = Field(True, description="preserve Ray Data order so a rerun sees the same batches")
+
+
+class StorageSection(Strict):
+    path: str = Field("runs", description="local directory or s3://bucket/prefix for checkpoints")
+    checkpoint_every: int = Field(100, gt=0)
+    keep: int = Field(2, gt=0)
+
+
+class TrackingSection(Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db")
+    experiment: str = "aim"
+    log_every: int = Field(10, gt=0)
+    enabled: bool = True
+
+
+class ProbeSection(Strict):
+    data: str | None = Field(None, description="labelled Parquet (train/test splits); default data.curated.uri")
+    blocks: list[int] | None = Field(None, description="trunk blocks averaged for features; default last 6")
+    epochs: int = Field(20, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    batch_size: int = Field(256, gt=0)
+    train_limit: int | None = Field(None, gt=0)
+    test_limit: int | None = Field(None, gt=0)
+    cache_features: bool = True
+
+
+class ExperimentConfig(Strict):
+    name: str = Field(..., min_length=1)
+    seed: int = 0
+    tags: dict[str, str] = Field(default_factory=dict)
+    model: ModelSection = Field(default_factory=ModelSection)
+    target: TargetSection = Field(default_factory=TargetSection)
+    data: DataConfig
+    optim: OptimSection = Field(default_factory=OptimSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    probe: ProbeSection = Field(default_factory=ProbeSection)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
+            raise ValueError("use letters, digits, '.', '_' or '-' only")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentConfig":
+        try:
+            self.aim_config()
+        except ValueError as e:  # resolve_config names the field first: "num_heads: ..."
+            field, _, msg = str(e).partition(": ")
+            raise ValueError(f"model.{field}: {msg}") from None
+        workers = max(self.scaling.num_workers, 1)
+        if self.optim.batch_size % workers:
+            raise ValueError(f"optim.batch_size: {self.optim.batch_size} is not divisible by scaling.num_workers={workers}")
+        return self
+
+    def aim_config(self):
+        from aim_core.presets import resolve_config
+
+        t = self.target
+        return resolve_config(self.model.preset, target=t.name, num_clusters=t.num_clusters,
+                              dvae_vocab=t.dvae_vocab, **self.model.overrides())
+
+    @property
+    def run_name(self) -> str:
+        return self.name
+
+
+def _parse_value(raw: str) -> Any:
+    return yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` strings (YAML-typed values) onto a nested dict."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=5e-4")
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a section")
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling)"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    if msg.startswith("model.") or msg.startswith("optim."):
+        loc, _, msg = msg.partition(": ")
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def parse_experiment(data: dict, source: str = "<config>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(source, e)) from None
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate an experiment YAML; raises ConfigError (one line) on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return parse_experiment(apply_overrides(data, overrides or []), str(path))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b": value} (lists/tuples stringified), for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

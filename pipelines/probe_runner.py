@@ -1,0 +1,69 @@
+"""Probe a checkpoint (or a random trunk) on the experiment's labelled data and log to its MLflow run."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from rich.progress import Progress
+
+from aim_core import AIM
+from pipelines import tracking
+from pipelines.config import ExperimentConfig
+from pipelines.probe import ProbeResult, run_probes
+
+__all__ = ["probe_checkpoint", "load_trunk"]
+
+
+def load_trunk(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[AIM, str]:
+    """The model with the checkpoint's weights; `checkpoint=None` takes the run's latest."""
+    from pipelines.data.storage import resolve
+    from pipelines.train.driver import _read_state, latest_checkpoint
+
+    if checkpoint is None:
+        checkpoint, _ = latest_checkpoint(cfg)
+        if checkpoint is None:
+            raise FileNotFoundError(f"no checkpoint under {cfg.storage.path}/{cfg.name}: run `aimctl pretrain` first")
+        fs, _ = resolve(cfg.storage.path, cfg.data.s3)
+    else:
+        fs, path = resolve(checkpoint, cfg.data.s3)
+        checkpoint = path
+    model = AIM(cfg.aim_config())
+    model.load_state_dict(_read_state(fs, checkpoint)["model"])
+    return model, checkpoint
+
+
+def probe_checkpoint(cfg: ExperimentConfig, checkpoint: str | None, random_init: bool = False) -> ProbeResult:
+    from pipelines.data import load_labelled
+
+    if random_init:
+        torch.manual_seed(cfg.seed)
+        model = AIM(cfg.aim_config())
+    else:
+        model, _ = load_trunk(cfg, checkpoint)
+    src = cfg.probe.data or cfg.data.curated.uri
+    img = model.config.img_size
+    train = load_labelled(src, "train", img, limit=cfg.probe.train_limit)
+    test = load_labelled(src, "test", img, limit=cfg.probe.test_limit)
+    with Progress() as bar:
+        task = bar.add_task("probe features", total=len(train[1]) + len(test[1]))
+        res = run_probes(cfg, model, train, test, progress=lambda n: bar.advance(task, n))
+    _log(cfg, res, random_init)
+    return res
+
+
+def _log(cfg: ExperimentConfig, res: ProbeResult, random_init: bool) -> None:
+    if not cfg.tracking.enabled:
+        return
+    from pipelines.data.storage import resolve
+
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    c = tracking.client(uri)
+    _, root = resolve(cfg.storage.path, cfg.data.s3)
+    run_id, _ = tracking.get_or_create_run(c, cfg.tracking.experiment, f"{root}/{cfg.run_name}", cfg.run_name)
+    prefix = "probe_random_init" if random_init else "probe"
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(f"{prefix}/attentive_top1", res.attentive_top1, ts, 0),
+                                 Metric(f"{prefix}/linear_top1", res.linear_top1, ts, 0)])

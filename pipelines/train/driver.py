@@ -1,0 +1,219 @@
+"""`aimctl pretrain`: builds the data, the MLflow run and the TorchTrainer, then fits (resuming if it can)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from pipelines import tracking
+from pipelines.config import ExperimentConfig, flatten
+from pipelines.train.checkpoint import META_FILE, STATE_FILE
+from pipelines.train.loop import LoopArgs, train_loop_per_worker
+
+__all__ = ["PretrainResult", "pretrain", "latest_checkpoint"]
+
+
+@dataclass
+class PretrainResult:
+    run_id: str | None
+    checkpoint_uri: str | None
+    step: int
+    resumed_from: int
+
+
+def _storage(cfg: ExperimentConfig):
+    """(pyarrow filesystem or None, storage path) for RunConfig; local paths are made absolute."""
+    from pipelines.data.storage import resolve
+
+    fs, path = resolve(cfg.storage.path, cfg.data.s3)
+    return fs, path
+
+
+def latest_checkpoint(cfg: ExperimentConfig) -> tuple[str | None, dict]:
+    """The checkpoint with the highest step under <storage>/<name>, with its meta (no state loaded)."""
+    import pyarrow.fs as pafs
+
+    fs, root = _storage(cfg)
+    fs = fs or pafs.LocalFileSystem()
+    base = f"{root.rstrip('/')}/{cfg.run_name}"
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except OSError:
+        return None, {}
+    best, best_meta = None, {}
+    for info in infos:
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/{META_FILE}") as f:
+                meta = json.loads(f.read())
+        except (OSError, ValueError):
+            continue  # incomplete checkpoint: ignored
+        if meta.get("step", -1) > best_meta.get("step", -1):
+            best, best_meta = info.path, meta
+    return best, best_meta
+
+
+def _open_run(cfg: ExperimentConfig, parent_run_id: str | None, extra_tags: dict[str, str]):
+    if not cfg.tracking.enabled:
+        return None, None, -1
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    c = tracking.client(uri)
+    _, root = _storage(cfg)
+    tags = {"git_commit": tracking.git_commit(Path(__file__).parent), "preset": cfg.model.preset,
+            "target": cfg.target.name, "attention": cfg.aim_config().attention, "order": cfg.aim_config().order,
+            "head": cfg.aim_config().head, **cfg.tags, **extra_tags}
+    run_id, _ = tracking.get_or_create_run(c, cfg.tracking.experiment, f"{root}/{cfg.run_name}", cfg.run_name,
+                                           tags, parent_run_id)
+    c.update_run(run_id, status="RUNNING")
+    params = flatten(cfg.model_dump(mode="json"))
+    params.update({f"model.resolved.{k}": v for k, v in dataclasses.asdict(cfg.aim_config()).items()})
+    tracking.log_params(c, run_id, params)
+    return uri, run_id, tracking.last_logged_step(c, run_id)
+
+
+def _progress(uri: str | None, run_id: str | None, total: int, stop: threading.Event) -> None:
+    """Driver-side progress bar fed from the run's MLflow metrics (rank 0 logs them)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if not uri or not run_id:
+        return
+    c = tracking.client(uri)
+    with Progress(TextColumn("[bold]pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False) as bar:
+        task = bar.add_task("train", total=total, info="starting workers...")
+        while not stop.wait(2.0):
+            try:
+                m = c.get_run(run_id).data.metrics
+            except Exception:  # noqa: BLE001 - progress is best effort
+                continue
+            if "train/step" in m:
+                bar.update(task, completed=int(m["train/step"]),
+                           info=f"loss {m.get('train/loss', float('nan')):.4f}  {m.get('train/images_per_s', 0):.0f} img/s")
+
+
+def _fit_target(cfg: ExperimentConfig, ds) -> bytes | None:
+    if cfg.target.name not in ("kmeans", "dvae"):
+        return None
+    from aim_core import AIM
+    from pipelines.train.target_fit import fit_target_state
+
+    batch = ds.take_batch(cfg.target.fit_images, batch_format="numpy")["image"]
+    return fit_target_state(AIM(cfg.aim_config()), torch.as_tensor(batch), cfg.target.fit_steps, cfg.seed)
+
+
+def _trainer(cfg: ExperimentConfig, args: LoopArgs, ds):
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    fs, root = _storage(cfg)
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker}
+    if s.use_gpu:
+        resources["GPU"] = s.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=dataclasses.asdict(args),
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=cfg.run_name, storage_path=root, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=s.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.keep)),
+        datasets={"train": ds},
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=s.deterministic_data)),
+    )
+
+
+def _log_outputs(cfg: ExperimentConfig, uri: str, run_id: str, ckpt_path: str, ds) -> None:
+    """Resolved config, predictions PNG and the final checkpoint URI as artifacts of the run."""
+    from aim_core import AIM
+    from pipelines.train.viz import save_prediction_grid
+
+    c = tracking.client(uri)
+    fs, _ = _storage(cfg)
+    ckpt_uri = ckpt_path if fs is None else f"s3://{ckpt_path}"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (tmp / "checkpoint_uri.txt").write_text(ckpt_uri + "\n")
+        model = AIM(cfg.aim_config())
+        model.load_state_dict(_read_state(fs, ckpt_path)["model"])
+        images = torch.as_tensor(ds.take_batch(4, batch_format="numpy")["image"])
+        save_prediction_grid(model, images, tmp / "predictions.png")
+        for name in ("config.yaml", "checkpoint_uri.txt", "predictions.png"):
+            c.log_artifact(run_id, str(tmp / name))
+    c.set_tag(run_id, "checkpoint_uri", ckpt_uri)
+
+
+def _read_state(fs, ckpt_path: str) -> dict:
+    from pipelines.train.checkpoint import load_state
+
+    if fs is None:
+        return load_state(ckpt_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        with fs.open_input_stream(f"{ckpt_path}/{STATE_FILE}") as src:
+            Path(tmp, STATE_FILE).write_bytes(src.read())
+        return load_state(tmp)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to `address` / $RAY_ADDRESS, or start a local Ray (quiet, no usage stats)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+
+
+def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run_id: str | None = None,
+             extra_tags: dict[str, str] | None = None, show_progress: bool = True) -> PretrainResult:
+    """Run (or resume) pre-training for `cfg`. Rerunning the same config continues from the latest checkpoint."""
+    from pipelines.data import build_train_dataset
+
+    init_ray()
+    ckpt, meta = latest_checkpoint(cfg)
+    resumed_from = int(meta.get("step", 0))
+    uri, run_id, logged = _open_run(cfg, parent_run_id, extra_tags or {})
+    img = cfg.aim_config().img_size
+    ds = build_train_dataset(cfg.data, img, cfg.seed)
+    target_state = None if ckpt else _fit_target(cfg, ds)
+    args = LoopArgs(experiment=cfg.model_dump(mode="json"), run_id=run_id, tracking_uri=uri,
+                    skip_log_until=logged, stop_after=stop_after, target_state=target_state)
+    stop = threading.Event()
+    bar = threading.Thread(target=_progress, args=(uri, run_id, cfg.schedule.steps, stop), daemon=True)
+    if show_progress:
+        bar.start()
+    try:
+        result = _trainer(cfg, args, ds).fit()
+    except BaseException:
+        if run_id:
+            tracking.client(uri).update_run(run_id, status="FAILED")
+        raise
+    finally:
+        stop.set()
+        if bar.is_alive():
+            bar.join(timeout=5)
+    ckpt_path = result.checkpoint.path if result.checkpoint else None
+    step = int((result.metrics or {}).get("step", resumed_from))
+    if run_id and ckpt_path:
+        _log_outputs(cfg, uri, run_id, ckpt_path, ds)
+        finished = step >= cfg.schedule.steps
+        tracking.client(uri).update_run(run_id, status="FINISHED" if finished else "KILLED")
+    fs, _ = _storage(cfg)
+    uri_out = None if ckpt_path is None else (ckpt_path if fs is None else f"s3://{ckpt_path}")
+    return PretrainResult(run_id, uri_out, step, resumed_from)
