@@ -18,12 +18,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from pipelines import cli_data, cli_model, cli_train
+    from pipelines import cli_data, cli_model, cli_sweep, cli_train
 
     app.add_typer(cli_model.app, name="model")
     app.add_typer(cli_data.app, name="data")
     app.command("pretrain")(cli_train.pretrain)
     app.command("probe")(cli_train.probe)
+    app.command("sweep")(cli_sweep.sweep)
+    app.command("report")(cli_sweep.report)
 
 
 _register()

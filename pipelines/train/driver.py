@@ -109,7 +109,7 @@ def _fit_target(cfg: ExperimentConfig, ds) -> bytes | None:
     return fit_target_state(AIM(cfg.aim_config()), torch.as_tensor(batch), cfg.target.fit_steps, cfg.seed)
 
 
-def _trainer(cfg: ExperimentConfig, args: LoopArgs, ds):
+def _trainer(cfg: ExperimentConfig, args: LoopArgs, ds, callbacks: list | None = None):
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -125,7 +125,8 @@ def _trainer(cfg: ExperimentConfig, args: LoopArgs, ds):
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=cfg.run_name, storage_path=root, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=s.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.keep)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.keep),
+                             callbacks=callbacks),
         datasets={"train": ds},
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=s.deterministic_data)),
     )
@@ -181,7 +182,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run_id: str | None = None,
-             extra_tags: dict[str, str] | None = None, show_progress: bool = True) -> PretrainResult:
+             extra_tags: dict[str, str] | None = None, show_progress: bool = True,
+             callbacks: list | None = None) -> PretrainResult:
     """Run (or resume) pre-training for `cfg`. Rerunning the same config continues from the latest checkpoint."""
     from pipelines.data import build_train_dataset
 
@@ -199,7 +201,7 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     if show_progress:
         bar.start()
     try:
-        result = _trainer(cfg, args, ds).fit()
+        result = _trainer(cfg, args, ds, callbacks).fit()
     except BaseException:
         if run_id:
             tracking.client(uri).update_run(run_id, status="FAILED")

@@ -1,0 +1,112 @@
+"""`aimctl sweep`: one Ray Tune function trial per planned experiment: pre-train (a TorchTrainer), then probe.
+
+MLflow: one parent run per sweep and one child per trial, both found again by key on a rerun, so a
+resumed sweep never duplicates runs. `--resume` restores the Tuner and finishes only what is unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines import tracking
+from pipelines.sweep.spec import SweepSpec, Trial
+
+__all__ = ["SweepPlan", "plan_resources", "open_parent_run", "run_sweep"]
+
+
+@dataclass
+class SweepPlan:
+    trials: list[Trial]  # the ones that run (duplicates of the base excluded)
+    cpus_per_trial: float
+    cpus_per_worker: float
+    workers_per_trial: int
+    max_concurrent: int
+    cluster_cpus: float
+
+
+def plan_resources(spec: SweepSpec, trials: list[Trial], cluster_cpus: float) -> SweepPlan:
+    """Concurrency from the cluster: each trial holds its driver CPU plus its workers' CPUs, and at least
+    one CPU stays free for Ray Data decode tasks (so 2 CPUs never deadlock)."""
+    runnable = [t for t in trials if t.duplicate_of is None]
+    sc = runnable[0].config.scaling
+    per_trial = spec.resources.cpus_per_trial + max(sc.num_workers, 1) * sc.cpus_per_worker
+    fit = max(1, int(math.floor(max(cluster_cpus - 1.0, per_trial) / per_trial + 1e-9)))
+    limit = spec.resources.max_concurrent_trials or fit
+    return SweepPlan(runnable, spec.resources.cpus_per_trial, sc.cpus_per_worker, max(sc.num_workers, 1),
+                     max(1, min(limit, fit, len(runnable))), cluster_cpus)
+
+
+def open_parent_run(spec: SweepSpec, trials: list[Trial]) -> tuple[str, str]:
+    cfg = trials[0].config
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    c = tracking.client(uri)
+    run_id, _ = tracking.get_or_create_run(c, cfg.tracking.experiment, f"sweep:{spec.name}", spec.name,
+                                           {"sweep": spec.name, "aim.kind": "sweep", "mode": spec.mode})
+    tracking.log_params(c, run_id, {"sweep.mode": spec.mode, "sweep.trials": len(trials),
+                                    "sweep.axes": ",".join(spec.axes)})
+    plan = {"sweep": spec.name, "mode": spec.mode, "trials": [
+        {"trial_id": t.trial_id, "axis": t.axis, "value": t.value, "duplicate_of": t.duplicate_of,
+         "run_name": t.config.name, "overrides": t.overrides} for t in trials]}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "plan.json"
+        path.write_text(json.dumps(plan, indent=1))
+        c.log_artifact(run_id, str(path))
+    return uri, run_id
+
+
+def _trainable(config: dict, trials: dict, parent_run_id: str) -> None:
+    """Tune function trainable: build and fit this trial's TorchTrainer, then run both probes."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines.probe_runner import probe_checkpoint
+    from pipelines.train.driver import pretrain
+
+    trial: Trial = trials[config["trial_id"]]
+    tags = {"sweep": trial.config.tags.get("sweep", ""), "axis": trial.axis, "value": trial.value,
+            "trial": trial.trial_id}
+    res = pretrain(trial.config, parent_run_id=parent_run_id, extra_tags=tags, show_progress=False,
+                   callbacks=[TuneReportCallback()])
+    probes = probe_checkpoint(trial.config, None)
+    ray.tune.report({"step": res.step, "probe/attentive_top1": probes.attentive_top1,
+                     "probe/linear_top1": probes.linear_top1, "done": True})
+
+
+def _storage_root(trial: Trial) -> tuple:
+    from pipelines.data.storage import resolve
+
+    return resolve(trial.config.storage.path, trial.config.data.s3)
+
+
+def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
+    """Fit (or restore and finish) the Tuner. Returns the ResultGrid."""
+    import ray.tune
+    from ray import tune
+
+    uri, parent = open_parent_run(spec, plan.trials)
+    fs, root = _storage_root(plan.trials[0])
+    trials = {t.trial_id: t for t in plan.trials}
+    trainable = tune.with_resources(tune.with_parameters(_trainable, trials=trials, parent_run_id=parent),
+                                    {"cpu": plan.cpus_per_trial})
+    path = f"{root.rstrip('/')}/sweeps/{spec.name}"
+    if resume and ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
+        tuner = ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                                       restart_errored=False, storage_filesystem=fs)
+    else:
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space={"trial_id": tune.grid_search(list(trials))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=plan.max_concurrent, reuse_actors=False),
+            run_config=ray.tune.RunConfig(name=f"{spec.name}", storage_path=f"{root.rstrip('/')}/sweeps",
+                                          storage_filesystem=fs, verbose=1,
+                                          failure_config=ray.tune.FailureConfig(max_failures=1)),
+        )
+    results = tuner.fit()
+    tracking.client(uri).update_run(parent, status="FINISHED" if not results.errors else "FAILED")
+    return results, uri, parent
+
+

@@ -1,0 +1,154 @@
+"""Sweep files: a base experiment plus axes of named override sets, planned into trials.
+
+```yaml
+name: demo
+base: ../cifar10-tiny.yaml        # relative to this file (or `experiment:` with an inline mapping)
+mode: grid                        # grid (full product) | one_at_a_time (each axis alone, from the base)
+set: {schedule.steps: 60}         # overrides applied to every trial
+axes:
+  target:
+    norm_pixel: {target.name: norm_pixel}
+    pixel: {target.name: pixel}
+resources: {max_concurrent_trials: null, cpus_per_trial: 0.25}
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.config import ConfigError, ExperimentConfig, apply_overrides, parse_experiment
+
+__all__ = ["SweepSpec", "Trial", "load_sweep", "plan_trials"]
+
+Overrides = dict[str, Any]
+
+
+class SweepResources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_concurrent_trials: int | None = Field(None, gt=0, description="default: what the cluster's CPUs allow")
+    cpus_per_trial: float = Field(0.25, gt=0, description="CPU reserved for each trial's driver")
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., min_length=1)
+    base: str | None = None
+    experiment: dict | None = None
+    mode: Literal["grid", "one_at_a_time"] = "one_at_a_time"
+    set: Overrides = Field(default_factory=dict)
+    axes: dict[str, dict[str, Overrides]]
+    resources: SweepResources = Field(default_factory=SweepResources)
+
+    @field_validator("name")
+    @classmethod
+    def _safe(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
+            raise ValueError("use letters, digits, '.', '_' or '-' only")
+        return v
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v: dict[str, dict[str, Overrides]]) -> dict[str, dict[str, Overrides]]:
+        if not v:
+            raise ValueError("at least one axis is needed")
+        for axis, values in v.items():
+            if not values:
+                raise ValueError(f"axis {axis!r} has no values")
+            for value, ov in values.items():
+                if not isinstance(ov, dict) or not ov:
+                    raise ValueError(f"axis {axis!r} value {value!r} must map config keys to values")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SweepSpec":
+        if (self.base is None) == (self.experiment is None):
+            raise ValueError("give exactly one of `base` (a YAML path) or `experiment` (an inline mapping)")
+        return self
+
+
+@dataclass
+class Trial:
+    trial_id: str  # stable, filesystem-safe: "base", "target=pixel", "target=pixel,attention=causal"
+    axis: str  # the axis varied ("base" for the base trial, "grid" in grid mode)
+    value: str
+    assignments: dict[str, str]  # axis -> value name for every axis this trial sets
+    config: ExperimentConfig
+    overrides: list[str] = field(default_factory=list)
+    duplicate_of: str | None = None  # one-at-a-time value identical to the base: reuses the base's results
+
+    def fingerprint(self) -> str:
+        data = self.config.model_dump(mode="json", exclude={"name", "tags"})
+        return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _flat_sets(ov: Overrides) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in ov.items()]
+
+
+def _base_data(spec: SweepSpec, source: Path) -> dict:
+    if spec.experiment is not None:
+        return json.loads(json.dumps(spec.experiment))
+    path = (source.parent / spec.base).resolve()
+    if not path.is_file():
+        raise ConfigError(f"{source}: base: no such experiment file {spec.base!r}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _trial(spec: SweepSpec, source: Path, base: dict, assignments: dict[str, str], axis: str, value: str) -> Trial:
+    sets = _flat_sets(spec.set)
+    for ax, val in assignments.items():
+        sets += _flat_sets(spec.axes[ax][val])
+    tid = ",".join(f"{a}={v}" for a, v in assignments.items()) or "base"
+    data = apply_overrides(json.loads(json.dumps(base)), sets)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", tid)
+    digest = hashlib.sha1(tid.encode()).hexdigest()[:6]
+    data["name"] = f"{spec.name}-{safe}-{digest}"[:120]
+    data.setdefault("tags", {}).update({"sweep": spec.name, "axis": axis, "value": value, "trial": tid})
+    cfg = parse_experiment(data, f"{source} (trial {tid})")
+    return Trial(tid, axis, value, assignments, cfg, sets)
+
+
+def plan_trials(spec: SweepSpec, source: Path) -> list[Trial]:
+    """Grid: the product of all axes. One-at-a-time: the base, then each axis value alone."""
+    base = _base_data(spec, source)
+    if spec.mode == "grid":
+        names = list(spec.axes)
+        return [_trial(spec, source, base, dict(zip(names, combo)), "grid", ",".join(combo))
+                for combo in itertools.product(*(list(spec.axes[a]) for a in names))]
+    trials = [_trial(spec, source, base, {}, "base", "base")]
+    base_fp = trials[0].fingerprint()
+    for axis, values in spec.axes.items():
+        for value in values:
+            t = _trial(spec, source, base, {axis: value}, axis, value)
+            t.duplicate_of = "base" if t.fingerprint() == base_fp else None
+            trials.append(t)
+    return trials
+
+
+def load_sweep(path: str | Path) -> tuple[SweepSpec, list[Trial]]:
+    """Parse and validate a sweep file and every trial's experiment; ConfigError (one line) on problems."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such sweep file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        msg = "unknown key (check the spelling)" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {loc}: {msg}") from None
+    return spec, plan_trials(spec, path)
