@@ -50,6 +50,11 @@ class AIMConfig:
             (self.head == "none" or self.head_width % 4 == 0, "head_width", "must be divisible by 4"),
             (self.head != "transformer" or self.head_width % self.head_num_heads == 0, "head_num_heads",
              f"{self.head_num_heads} does not divide head_width {self.head_width}"),
+            (self.target in ("pixel", "norm_pixel", "kmeans", "dvae"), "target", f"unknown target {self.target!r}"),
+            (self.order in ("raster", "spiral", "checkerboard", "random"), "order", f"unknown order {self.order!r}"),
+            (self.attention in ("causal", "prefix", "bidirectional"), "attention",
+             f"unknown attention mode {self.attention!r}"),
+            (self.attn_impl in ("auto", "sdpa", "flex"), "attn_impl", f"unknown attention implementation {self.attn_impl!r}"),
             (self.attention != "prefix" or self.num_patches >= 2, "attention", "prefix needs at least 2 patches"),
         ]
         for ok, field, msg in checks:
