@@ -176,9 +176,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+    else:  # the dashboard (127.0.0.1) serves the State API that Ray Train polls; without it, warnings
+        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", log_to_driver=True,
                  runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+
+
+def quiet_data() -> None:
+    """Ray Data's per-operator progress bars flood the console from every split coordinator."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run_id: str | None = None,
@@ -188,6 +195,7 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     from pipelines.data import build_train_dataset
 
     init_ray()
+    quiet_data()
     ckpt, meta = latest_checkpoint(cfg)
     resumed_from = int(meta.get("step", 0))
     uri, run_id, logged = _open_run(cfg, parent_run_id, extra_tags or {})
