@@ -1,0 +1,195 @@
+"""`DataConfig`: the `data:` section of an experiment (pool, curated set, mixing, augmentation, storage).
+
+Every field has a default except the two locations, so the smallest valid section is::
+
+    data:
+      pool: {uri: s3://bucket/dfn-pool}
+      curated: {uri: s3://bucket/imagenet}
+
+Credentials are never part of the config: they come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+(and AWS_SESSION_TOKEN) in the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["DataConfig", "DataConfigError", "load_data_section", "parse_data_section", "PoolConfig", "CuratedConfig", "MixConfig", "AugmentConfig", "DecodeConfig",
+           "S3Config", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class S3Config(_Strict):
+    """S3-compatible endpoint. Unset fields fall back to AWS_ENDPOINT_URL / AWS_REGION in the environment."""
+
+    endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000; None = AWS itself")
+    region: str | None = Field(None, description="default AWS_REGION or us-east-1")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
+class PoolConfig(_Strict):
+    """The image-text pool: WebDataset shards NAME.tar with one metadata NAME.parquet each."""
+
+    uri: str = Field(..., min_length=1, description="local directory or s3://bucket/prefix")
+    score_column: str = Field("dfn_score", min_length=1, description="metadata column ranked by the filter")
+    threshold: float | None = Field(None, description="keep rows with score >= threshold (overrides top_fraction)")
+    top_fraction: float = Field(0.15, gt=0, le=1, description="keep the top fraction by a global quantile")
+    dedup: bool = Field(False, description="drop rows whose uid was already seen (keeps the smallest shard/key)")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "PoolConfig":
+        if self.threshold is not None and "top_fraction" in self.model_fields_set:
+            raise ValueError("top_fraction: give either threshold or top_fraction, not both")
+        return self
+
+
+class CuratedConfig(_Strict):
+    """The curated labelled set (ImageNet's role): Parquet (image bytes + label) or WebDataset shards."""
+
+    uri: str = Field(..., min_length=1, description="local directory or s3://bucket/prefix")
+    format: Literal["parquet", "wds"] = "parquet"
+    split: str | None = Field("train", description="files named *_SPLIT-*, else rows whose `split` column matches")
+    image_column: str = Field("image", min_length=1, description="Parquet column, or WebDataset extension (jpg)")
+    label_column: str = Field("label", min_length=1, description="Parquet column, or .cls / JSON field")
+
+
+class MixConfig(_Strict):
+    pool_probability: float = Field(0.8, gt=0, le=1, description="chance that a sample comes from the pool")
+    window: int = Field(32, ge=1, le=4096, description="slots per stratification window (bounds the drift)")
+
+
+class AugmentConfig(_Strict):
+    crop_scale: tuple[float, float] = Field((0.4, 1.0), description="RandomResizedCrop area range")
+    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect range")
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    hflip: float = Field(0.5, ge=0, le=1, description="horizontal flip probability")
+    color_jitter: float = Field(0.0, ge=0, le=1, description="brightness/contrast/saturation strength; 0 = off")
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"need 0 < lo <= hi <= 1, got ({lo}, {hi})")
+        return v
+
+    @field_validator("crop_ratio")
+    @classmethod
+    def _ratio(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"need 0 < lo <= hi, got {v}")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError("every std must be > 0")
+        return v
+
+
+class DecodeConfig(_Strict):
+    """Decode + augment stage in Ray Data."""
+
+    compute: Literal["tasks", "actors"] = Field("tasks", description="task pool (fuses with reads) or actor pool")
+    concurrency: int = Field(2, ge=1, description="decode tasks/actors running at once")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task/actor")
+    batch_size: int = Field(64, ge=1)
+    read_chunk: int = Field(256, ge=1, description="rows per block emitted by a shard reader")
+
+
+class DataConfig(_Strict):
+    pool: PoolConfig
+    curated: CuratedConfig
+    mix: MixConfig = Field(default_factory=MixConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    s3: S3Config = Field(default_factory=S3Config)
+    max_bad_fraction: float = Field(0.01, ge=0, lt=1,
+                                    description="per shard: corrupt or missing images tolerated before failing")
+
+
+class DataConfigError(ValueError):
+    """A problem with the `data:` section, as one line naming the file and field."""
+
+
+def _one_line(source: str, err) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling)"
+    field, sep, rest = msg.partition(": ")
+    if sep and " " not in field and first["type"] == "value_error":  # model validators name the field
+        loc, msg = f"{loc}.{field}" if loc else field, rest
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: data.{loc}: {msg}{more}" if loc else f"{source}: data: {msg}{more}"
+
+
+def parse_data_section(raw: object, source: str = "<config>") -> DataConfig:
+    from pydantic import ValidationError
+
+    if not isinstance(raw, dict):
+        raise DataConfigError(f"{source}: data: must be a mapping with at least pool.uri and curated.uri")
+    try:
+        return DataConfig.model_validate(raw)
+    except ValidationError as e:
+        raise DataConfigError(_one_line(source, e)) from None
+
+
+def load_data_section(path, overrides: list[str] | None = None) -> tuple[DataConfig, int]:
+    """(DataConfig, seed) from an experiment YAML: only `data:` and the top-level `seed` (default 0) are read;
+    other sections are ignored. `overrides` are dotted `KEY=VALUE` strings on the whole document, e.g.
+    `data.pool.top_fraction=0.2` or `seed=3` (the same syntax as `--set` elsewhere)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataConfigError(f"{path}: no such experiment file")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DataConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise DataConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides or []:
+        _override(doc, item, path)
+    if "data" not in doc:
+        raise DataConfigError(f"{path}: data: missing section (needs at least pool.uri and curated.uri)")
+    seed = doc.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise DataConfigError(f"{path}: seed: must be an integer")
+    return parse_data_section(doc["data"], str(path)), seed
+
+
+def _override(doc: dict, item: str, path) -> None:
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise DataConfigError(f"{path}: --set {item!r}: expected KEY=VALUE, e.g. data.mix.pool_probability=0.7")
+    node = doc
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise DataConfigError(f"{path}: --set {item!r}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw else ""

@@ -1,0 +1,156 @@
+"""The training data pipeline on Ray Data: select -> plan -> read+mix -> decode+augment.
+
+    ds = build_train_dataset(cfg.data, img_size=224, seed=0, epoch=0)   # column "image": (3, S, S) float32
+    for images in iter_torch_batches(ray.train.get_dataset_shard("train"), batch_size=64):
+        ...                                                               # (B, 3, S, S) float32
+
+Corrupt or missing images are skipped and counted per shard by a small actor (`QualityTracker`);
+a shard past `cfg.max_bad_fraction` of its samples stops the run with an error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.data.augment import augment_image
+from pipelines.data.config import AugmentConfig, DataConfig
+from pipelines.data.plan import CuratedSource, EpochPlan, curated_source, plan_epoch
+from pipelines.data.raytools import ensure_ray
+from pipelines.data.reader import ReadContext, read_tasks, report_bad
+from pipelines.data.select import Selection, select_pool
+
+__all__ = ["build_train_dataset", "iter_torch_batches", "build_epoch", "BuiltEpoch", "decode_batch",
+           "QualityTracker"]
+
+_SELECTIONS: dict[str, Selection] = {}
+
+
+class QualityTracker:
+    """Counts skipped samples per shard and reason (unique slots, so re-reading an epoch does not
+    double-count) and says when a shard passes `max_bad_fraction` of the samples it feeds this epoch."""
+
+    def __init__(self, expected: dict[str, int], max_bad_fraction: float):
+        self.expected, self.max_bad = expected, max_bad_fraction
+        self.bad: dict[str, dict[str, set[int]]] = {}
+
+    def report(self, shard: str, reason: str, slots: list[int]) -> str | None:
+        self.bad.setdefault(shard, {}).setdefault(reason, set()).update(slots)
+        n_bad = sum(len(s) for s in self.bad[shard].values())
+        total = max(self.expected.get(shard, n_bad), 1)
+        if n_bad > self.max_bad * total:
+            kind, _, name = shard.partition(":")
+            what = "pool shard" if kind == "pool" else "curated file"
+            reasons = ", ".join(f"{len(s)} {r}" for r, s in sorted(self.bad[shard].items()))
+            return (f"{what} {name!r}: {n_bad} of {total} samples are unusable ({reasons}), more than "
+                    f"data.max_bad_fraction={self.max_bad}")
+        return None
+
+    def summary(self) -> dict:
+        by_reason: dict[str, int] = {}
+        for reasons in self.bad.values():
+            for r, s in reasons.items():
+                by_reason[r] = by_reason.get(r, 0) + len(s)
+        by_shard = {sh: {r: len(s) for r, s in rs.items()} for sh, rs in self.bad.items()}
+        return {"by_reason": by_reason, "by_shard": by_shard}
+
+
+def decode_batch(batch: dict[str, np.ndarray], *, img_size: int, aug: AugmentConfig, tracker,
+                 keep_source: bool = False) -> dict[str, np.ndarray]:
+    """Ray Data UDF: encoded rows -> {"image": (B, 3, S, S) float32}; undecodable rows are skipped."""
+    out, ok, bad = [], [], {}
+    for data, seed, shard, slot in zip(batch["image"], batch["aug_seed"], batch["shard"], batch["slot"]):
+        try:
+            out.append(augment_image(data, img_size, aug, int(seed)))
+            ok.append(True)
+        except Exception:  # noqa: BLE001 - any decoder failure means a corrupt sample
+            bad.setdefault(str(shard), []).append(int(slot))
+            ok.append(False)
+    if bad:
+        report_bad(tracker, bad, "corrupt_image")
+    images = np.stack(out) if out else np.zeros((0, 3, img_size, img_size), dtype=np.float32)
+    result = {"image": images}
+    if keep_source:
+        result["is_pool"] = np.asarray(batch["is_pool"])[np.asarray(ok, dtype=bool)]
+    return result
+
+
+class _DecodeActor:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def __call__(self, batch):
+        return decode_batch(batch, **self.kwargs)
+
+
+@dataclass
+class BuiltEpoch:
+    ds: object  # ray.data.Dataset
+    selection: Selection
+    curated: CuratedSource
+    plan: EpochPlan
+    tracker: object  # actor handle
+
+
+def _selection(cfg: DataConfig) -> Selection:
+    key = cfg.model_dump_json(include={"pool", "s3"})
+    if key not in _SELECTIONS:
+        _SELECTIONS[key] = select_pool(cfg)
+    return _SELECTIONS[key]
+
+
+def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_source: bool = False,
+                fresh_selection: bool = False) -> BuiltEpoch:
+    """Everything `build_train_dataset` builds, plus the plan and tracker (for manifests and tests)."""
+    import ray
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    ensure_ray()
+    if fresh_selection:
+        _SELECTIONS.pop(cfg.model_dump_json(include={"pool", "s3"}), None)
+    sel = _selection(cfg)
+    cur = curated_source(cfg.curated, cfg.s3)
+    plan = plan_epoch(cfg, sel, cur, seed, epoch)
+    tracker = ray.remote(num_cpus=0)(QualityTracker).remote(plan.expected, cfg.max_bad_fraction)
+    fs, _ = _pool_fs(cfg)
+    ctx = ReadContext(fs, sel.score_column, sel.threshold, cur, seed, epoch, cfg.mix.pool_probability,
+                      cfg.mix.window, cfg.decode.read_chunk, tracker)
+    d = cfg.decode
+    ds = ray.data.from_items([{"spec": json.dumps(t)} for t in plan.tasks], override_num_blocks=len(plan.tasks))
+    ds = ds.map_batches(read_tasks, batch_size=1, batch_format="numpy", fn_kwargs={"ctx": ctx},
+                        compute=TaskPoolStrategy(size=d.concurrency), num_cpus=d.num_cpus)
+    kwargs = {"img_size": img_size, "aug": cfg.augment, "tracker": tracker, "keep_source": keep_source}
+    if d.compute == "actors":
+        ds = ds.map_batches(_DecodeActor, batch_size=d.batch_size, batch_format="numpy",
+                            fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(size=d.concurrency),
+                            num_cpus=d.num_cpus)
+    else:
+        ds = ds.map_batches(decode_batch, batch_size=d.batch_size, batch_format="numpy", fn_kwargs=kwargs,
+                            compute=TaskPoolStrategy(size=d.concurrency), num_cpus=d.num_cpus)
+    return BuiltEpoch(ds, sel, cur, plan, tracker)
+
+
+def _pool_fs(cfg: DataConfig):
+    from pipelines.data.storage import filesystem
+
+    return filesystem(cfg.pool.uri, cfg.s3)
+
+
+def build_train_dataset(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0):
+    """The mixed, decoded, augmented training stream for one epoch: a `ray.data.Dataset` with one column,
+    `image`, float32 (3, img_size, img_size), mean/std normalised. Same (seed, epoch) -> same samples,
+    order (with preserve_order) and crops; another epoch -> another order and crops."""
+    return build_epoch(cfg, img_size, seed, epoch).ds
+
+
+def iter_torch_batches(ds_or_shard, batch_size: int, drop_last: bool = True, **kwargs) -> Iterator:
+    """(B, 3, S, S) float32 torch tensors from a Dataset or a Ray Train shard (`get_dataset_shard`).
+    Extra keyword arguments go to Ray's `iter_torch_batches` (e.g. local_shuffle_buffer_size)."""
+    import torch
+
+    for batch in ds_or_shard.iter_torch_batches(batch_size=batch_size, drop_last=drop_last,
+                                                dtypes={"image": torch.float32}, **kwargs):
+        yield batch["image"]

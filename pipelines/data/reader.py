@@ -1,0 +1,123 @@
+"""Read tasks: one pool shard's kept images plus its slice of the curated stream, already mixed.
+
+Runs inside Ray Data map tasks (`pipeline.py`). Output rows: `image` (encoded bytes), `is_pool`,
+`shard` ("pool:NAME" / "curated:FILE", for error reports), `slot` (position in the epoch's mixed
+sequence) and `aug_seed` (the sample's augmentation seed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from pipelines.data import formats
+from pipelines.data.errors import BadSamplesError, DataError
+from pipelines.data.mix import CuratedStream, SlotPattern, aug_seeds, row_order
+from pipelines.data.plan import CuratedSource
+from pipelines.data.select import shard_scores
+from pipelines.data.storage import StorageError
+
+__all__ = ["ReadContext", "read_tasks", "report_bad"]
+
+
+@dataclass
+class ReadContext:
+    pool_fs: pafs.FileSystem
+    score: str
+    threshold: float
+    curated: CuratedSource
+    seed: int
+    epoch: int
+    pool_probability: float
+    window: int
+    chunk: int
+    tracker: object  # QualityTracker actor handle
+
+
+def report_bad(tracker, bad: dict[str, list[int]], reason: str) -> None:
+    """Tell the tracker about bad samples (by shard and slot); raise once a shard is past the limit."""
+    import ray
+
+    for shard, slots in bad.items():
+        message = ray.get(tracker.report.remote(shard, reason, slots))
+        if message:
+            raise BadSamplesError(message)
+
+
+def _pool_images(spec: dict, ctx: ReadContext) -> list[bytes | None]:
+    name = spec["shard"]
+    try:
+        table, _, valid = shard_scores(ctx.pool_fs, spec["meta"], ctx.score, spec["drop"])
+        scores = table[ctx.score].cast(pa.float64()).to_numpy(zero_copy_only=False)
+        keep = valid & (np.nan_to_num(scores, nan=-np.inf) >= ctx.threshold)
+        keys = np.asarray(table["key"].to_pylist(), dtype=object)[keep]
+        if len(keys) != spec["n_pool"]:
+            raise DataError(f"pool shard {name!r}: {len(keys)} rows pass the selection, the plan expected "
+                            f"{spec['n_pool']} (did the shard change since selection?)")
+        keys = keys[row_order(len(keys), ctx.seed, ctx.epoch, name)]
+        wanted, found = set(keys), {}
+        for key, files in formats.iter_wds(ctx.pool_fs, spec["tar"], exts=set(formats.IMAGE_EXTS)):
+            base = key.rsplit("/", 1)[-1]
+            if base in wanted:
+                found[base] = next((files[e] for e in formats.IMAGE_EXTS if e in files), None)
+    except StorageError as e:
+        raise DataError(f"pool shard {name!r}: {e}") from None
+    return [found.get(k) for k in keys]
+
+
+def _curated_images(spec: dict, ctx: ReadContext) -> tuple[list[bytes | None], list[str]]:
+    cur = ctx.curated
+    stream = CuratedStream(cur.chunk_rows, ctx.seed, ctx.epoch)
+    images, names, cache = [], [], {}
+    for _, chunk, rows in stream.locate(spec["cur_start"], spec["cur_stop"]):
+        if chunk not in cache:
+            f, c = cur.chunks[chunk]
+            cache[chunk] = formats.read_curated_chunk(cur.fs, cur.files[f], c, cur.cfg.image_column,
+                                                      cur.cfg.label_column, cur.cfg.split)[0]
+        images += [cache[chunk][r] for r in rows]
+        names += [f"curated:{cur.file_name(chunk)}"] * len(rows)
+    return images, names
+
+
+def _mixed(spec: dict, ctx: ReadContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(images, is_pool, shard names, slots) for the task's slots, before dropping missing images."""
+    start, stop = spec["slot_start"], spec["slot_stop"]
+    is_pool = SlotPattern(ctx.pool_probability, ctx.seed, ctx.epoch, ctx.window).mask(start, stop)
+    pool = _pool_images(spec, ctx) if spec["n_pool"] else []
+    cur, cur_names = _curated_images(spec, ctx)
+    if is_pool.sum() != len(pool) or (~is_pool).sum() != len(cur):
+        raise DataError(f"pool shard {spec['shard']!r}: read plan mismatch ({len(pool)} pool / {len(cur)} "
+                        f"curated rows for {is_pool.sum()} / {(~is_pool).sum()} slots)")
+    images = np.empty(stop - start, dtype=object)
+    names = np.empty(stop - start, dtype=object)
+    images[is_pool], images[~is_pool] = pool, cur
+    names[is_pool], names[~is_pool] = f"pool:{spec['shard']}", cur_names
+    return images, is_pool, names, np.arange(start, stop, dtype=np.int64)
+
+
+def _read_one(spec: dict, ctx: ReadContext) -> Iterator[pa.Table]:
+    images, is_pool, names, slots = _mixed(spec, ctx)
+    present = np.array([img is not None for img in images], dtype=bool)
+    if not present.all():
+        bad: dict[str, list[int]] = {}
+        for name, slot in zip(names[~present], slots[~present]):
+            bad.setdefault(name, []).append(int(slot))
+        report_bad(ctx.tracker, bad, "missing_image")
+    images, is_pool, names, slots = images[present], is_pool[present], names[present], slots[present]
+    seeds = aug_seeds(ctx.seed, ctx.epoch, slots)
+    for i in range(0, len(slots), ctx.chunk):
+        s = slice(i, i + ctx.chunk)
+        yield pa.table({"image": pa.array(list(images[s]), pa.binary()), "is_pool": pa.array(is_pool[s]),
+                        "shard": pa.array(list(names[s]), pa.string()), "slot": pa.array(slots[s]),
+                        "aug_seed": pa.array(seeds[s])})
+
+
+def read_tasks(batch: dict[str, np.ndarray], ctx: ReadContext) -> Iterator[pa.Table]:
+    """Ray Data UDF: every `spec` row of the batch is one read task."""
+    for spec in batch["spec"]:
+        yield from _read_one(json.loads(spec), ctx)

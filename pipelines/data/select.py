@@ -1,0 +1,165 @@
+"""Pool selection on Ray: optional de-duplication by uid, then a score threshold or the top fraction.
+
+Nothing here collects the scores on the driver. Passes over the metadata Parquet (score column only):
+1. per-shard counts and the global min/max of valid scores;
+2. histogram descent for the exact `np.quantile(scores, 1 - top_fraction)` (`quantile.py`);
+3. per-shard count of kept rows (score >= threshold), which the epoch plan needs.
+De-duplication groups uids with Ray Data (`groupby("uid").count()`); only the duplicated uids (and their
+rows) reach the driver, which keeps the row with the smallest (shard, key) and drops the others.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.data import formats, storage
+from pipelines.data.config import DataConfig
+from pipelines.data.quantile import bin_stats, merge_stats, quantile_linear
+from pipelines.data.raytools import scan_reduce
+
+__all__ = ["ShardCounts", "Selection", "select_pool", "shard_scores"]
+
+
+@dataclass
+class ShardCounts:
+    name: str
+    rows: int = 0
+    duplicates: int = 0
+    missing_score: int = 0
+    kept: int = 0
+
+
+@dataclass
+class Selection:
+    """What the selection passes found; `shards` keeps the listing order (sorted by name)."""
+
+    score_column: str
+    rule: str  # "threshold" | "top_fraction"
+    threshold: float
+    top_fraction: float | None
+    shards: list[formats.PoolShard]
+    counts: dict[str, ShardCounts]
+    drop_keys: dict[str, list[str]] = field(default_factory=dict)
+
+    def total(self, attr: str) -> int:
+        return sum(getattr(c, attr) for c in self.counts.values())
+
+    @property
+    def rows_kept(self) -> int:
+        return self.total("kept")
+
+
+def shard_scores(fs, meta_path: str, score: str, drop: list[str]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(key/score table, is_duplicate mask, is_valid mask) for one shard's metadata."""
+    table = formats.read_metadata(fs, meta_path, ["key", score])
+    is_dup = pc.is_in(table["key"], value_set=pa.array(drop, pa.string())).to_numpy(zero_copy_only=False) \
+        if drop else np.zeros(table.num_rows, dtype=bool)
+    values = table[score].cast(pa.float64()).to_numpy(zero_copy_only=False)
+    valid = ~is_dup & np.isfinite(values)  # nulls arrive as NaN
+    return table, is_dup, valid
+
+
+def _items(sel_shards: list[formats.PoolShard], drop: dict[str, list[str]]) -> list[dict]:
+    return [{"name": s.name, "meta": s.meta, "drop": drop.get(s.name, [])} for s in sel_shards]
+
+
+def _valid_scores(fs, score: str, item: dict) -> np.ndarray:
+    table, _, valid = shard_scores(fs, item["meta"], score, item["drop"])
+    return table[score].cast(pa.float64()).to_numpy(zero_copy_only=False)[valid]
+
+
+def _stats_pass(fs, score: str, items: list[dict]) -> tuple[dict[str, ShardCounts], int, float, float]:
+    def per_item(item: dict):
+        table, is_dup, valid = shard_scores(fs, item["meta"], score, item["drop"])
+        v = table[score].cast(pa.float64()).to_numpy(zero_copy_only=False)[valid]
+        c = ShardCounts(item["name"], table.num_rows, int(is_dup.sum()), int((~valid & ~is_dup).sum()))
+        return {item["name"]: c}, len(v), (float(v.min()) if len(v) else math.inf), \
+            (float(v.max()) if len(v) else -math.inf)
+
+    def combine(a, b):
+        return {**a[0], **b[0]}, a[1] + b[1], min(a[2], b[2]), max(a[3], b[3])
+
+    return scan_reduce(items, per_item, combine)
+
+
+def _threshold(fs, score: str, items: list[dict], n: int, lo: float, hi: float, top_fraction: float) -> float:
+    def histogram(edges: np.ndarray, closed: bool):
+        return scan_reduce(items, lambda it: bin_stats(_valid_scores(fs, score, it), edges, closed), merge_stats)
+
+    def collect(a: float, b: float) -> np.ndarray:
+        def per_item(it):
+            v = _valid_scores(fs, score, it)
+            return v[(v >= a) & (v <= b)]
+        return scan_reduce(items, per_item, lambda x, y: np.concatenate([x, y]))
+
+    return quantile_linear(n, 1.0 - top_fraction, lo, hi, histogram, collect)
+
+
+def _kept_pass(fs, score: str, items: list[dict], threshold: float) -> dict[str, int]:
+    def per_item(item: dict):
+        return {item["name"]: int((_valid_scores(fs, score, item) >= threshold).sum())}
+
+    return scan_reduce(items, per_item, lambda a, b: {**a, **b})
+
+
+def find_duplicates(fs, shards: list[formats.PoolShard]) -> dict[str, list[str]]:
+    """{shard: keys to drop}: for each uid seen more than once, all rows but the smallest (shard, key)."""
+    from ray.data.expressions import col
+
+    from pipelines.data.raytools import items_dataset
+
+    def rows(batch):
+        import json
+
+        tables = []
+        for spec in batch["spec"]:
+            item = json.loads(spec)
+            t = formats.read_metadata(fs, item["meta"], ["uid", "key"])
+            tables.append(t.append_column("shard", pa.array([item["name"]] * t.num_rows, pa.string())))
+        return pa.concat_tables(tables)
+
+    meta = items_dataset([{"name": s.name, "meta": s.meta} for s in shards]).map_batches(
+        rows, batch_size=None, batch_format="numpy")
+    import ray
+
+    parts = max(1, min(len(shards), 2 * int(ray.cluster_resources().get("CPU", 1)), 256))
+    dup_uids = [r["uid"] for r in meta.groupby("uid", num_partitions=parts).count().filter(expr=col("count()") > 1).iter_rows()]
+    if not dup_uids:
+        return {}
+    dups = meta.filter(expr=col("uid").is_in(dup_uids)).take_all()
+    best: dict[str, tuple[str, str]] = {}
+    for r in dups:
+        cand = (r["shard"], r["key"])
+        best[r["uid"]] = min(best.get(r["uid"], cand), cand)
+    drop: dict[str, list[str]] = {}
+    for r in dups:
+        if (r["shard"], r["key"]) != best[r["uid"]]:
+            drop.setdefault(r["shard"], []).append(r["key"])
+    return drop
+
+
+def select_pool(cfg: DataConfig) -> Selection:
+    """Run the selection passes for `cfg.pool` (Ray must be running)."""
+    fs, root = storage.filesystem(cfg.pool.uri, cfg.s3)
+    shards = formats.list_pool_shards(fs, root)
+    score = cfg.pool.score_column
+    drop = find_duplicates(fs, shards) if cfg.pool.dedup else {}
+    items = _items(shards, drop)
+    counts, n_valid, lo, hi = _stats_pass(fs, score, items)
+    if n_valid == 0:
+        from pipelines.data.errors import DataError
+
+        raise DataError(f"pool {cfg.pool.uri}: no row has a valid {score!r} score")
+    if cfg.pool.threshold is not None:
+        rule, threshold, frac = "threshold", float(cfg.pool.threshold), None
+    else:
+        rule, frac = "top_fraction", cfg.pool.top_fraction
+        threshold = _threshold(fs, score, items, n_valid, lo, hi, frac)
+    for name, kept in _kept_pass(fs, score, items, threshold).items():
+        counts[name].kept = kept
+    return Selection(score, rule, threshold, frac, shards, counts, drop)
