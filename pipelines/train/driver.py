@@ -106,7 +106,7 @@ def _fit_target(cfg: ExperimentConfig, ds) -> bytes | None:
     from pipelines.train.target_fit import fit_target_state
 
     batch = ds.take_batch(cfg.target.fit_images, batch_format="numpy")["image"]
-    return fit_target_state(AIM(cfg.aim_config()), torch.as_tensor(batch), cfg.target.fit_steps, cfg.seed)
+    return fit_target_state(AIM(cfg.aim_config()), torch.tensor(batch), cfg.target.fit_steps, cfg.seed)
 
 
 def _trainer(cfg: ExperimentConfig, args: LoopArgs, ds, callbacks: list | None = None):
@@ -146,7 +146,7 @@ def _log_outputs(cfg: ExperimentConfig, uri: str, run_id: str, ckpt_path: str, d
         (tmp / "checkpoint_uri.txt").write_text(ckpt_uri + "\n")
         model = AIM(cfg.aim_config())
         model.load_state_dict(_read_state(fs, ckpt_path)["model"])
-        images = torch.as_tensor(ds.take_batch(4, batch_format="numpy")["image"])
+        images = torch.tensor(ds.take_batch(4, batch_format="numpy")["image"])
         save_prediction_grid(model, images, tmp / "predictions.png")
         for name in ("config.yaml", "checkpoint_uri.txt", "predictions.png"):
             c.log_artifact(run_id, str(tmp / name))

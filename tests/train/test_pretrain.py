@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipelines import tracking
@@ -42,7 +44,7 @@ def test_two_worker_ddp_trains_checkpoints_and_logs(ddp_run):
     assert params["model.resolved.width"] == "32"
     assert run.data.tags["preset"] == "aim-test" and run.data.tags["git_commit"]
     assert {"train/lr", "train/grad_norm", "train/images_per_s", "train/tokens_per_s"} <= set(run.data.metrics)
-    ckpts = sorted((cfg.storage.path and __import__("pathlib").Path(cfg.storage.path) / "ddp").glob("checkpoint_*"))
+    ckpts = sorted(p for p in (Path(cfg.storage.path) / "ddp").glob("checkpoint_*") if p.is_dir())
     assert ckpts and all((p / "state.pt").is_file() and (p / "meta.json").is_file() for p in ckpts)
     assert res.checkpoint_uri == str(ckpts[-1])
     arts = {a.path for a in c.list_artifacts(run.info.run_id)}
