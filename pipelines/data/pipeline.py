@@ -18,10 +18,12 @@ import numpy as np
 
 from pipelines.data.augment import augment_image
 from pipelines.data.config import AugmentConfig, DataConfig
+from pipelines.data.formats import PoolShard, list_pool_shards
 from pipelines.data.plan import CuratedSource, EpochPlan, curated_source, plan_epoch
 from pipelines.data.raytools import ensure_ray
 from pipelines.data.reader import ReadContext, read_tasks, report_bad
 from pipelines.data.select import Selection, select_pool
+from pipelines.data.storage import filesystem
 
 __all__ = ["build_train_dataset", "iter_torch_batches", "build_epoch", "BuiltEpoch", "decode_batch",
            "QualityTracker"]
@@ -95,10 +97,11 @@ class BuiltEpoch:
     tracker: object  # actor handle
 
 
-def _selection(cfg: DataConfig) -> Selection:
-    key = cfg.model_dump_json(include={"pool", "s3"})
-    if key not in _SELECTIONS:
-        _SELECTIONS[key] = select_pool(cfg)
+def _selection(cfg: DataConfig, shards: list[PoolShard], fresh: bool) -> Selection:
+    """The pool selection, computed once per (pool settings, shard listing) in this process."""
+    key = cfg.model_dump_json(include={"pool", "s3"}) + repr([(s.name, s.size) for s in shards])
+    if fresh or key not in _SELECTIONS:
+        _SELECTIONS[key] = select_pool(cfg, shards)
     return _SELECTIONS[key]
 
 
@@ -108,14 +111,13 @@ def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    ensure_ray()
-    if fresh_selection:
-        _SELECTIONS.pop(cfg.model_dump_json(include={"pool", "s3"}), None)
-    sel = _selection(cfg)
+    fs, root = filesystem(cfg.pool.uri, cfg.s3)
+    shards = list_pool_shards(fs, root)  # listing first: a missing shard or bad credentials fail fast
     cur = curated_source(cfg.curated, cfg.s3)
+    ensure_ray()
+    sel = _selection(cfg, shards, fresh_selection)
     plan = plan_epoch(cfg, sel, cur, seed, epoch)
     tracker = ray.remote(num_cpus=0)(QualityTracker).remote(plan.expected, cfg.max_bad_fraction)
-    fs, _ = _pool_fs(cfg)
     ctx = ReadContext(fs, sel.score_column, sel.threshold, cur, seed, epoch, cfg.mix.pool_probability,
                       cfg.mix.window, cfg.decode.read_chunk, tracker)
     d = cfg.decode
@@ -131,12 +133,6 @@ def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
         ds = ds.map_batches(decode_batch, batch_size=d.batch_size, batch_format="numpy", fn_kwargs=kwargs,
                             compute=TaskPoolStrategy(size=d.concurrency), num_cpus=d.num_cpus)
     return BuiltEpoch(ds, sel, cur, plan, tracker)
-
-
-def _pool_fs(cfg: DataConfig):
-    from pipelines.data.storage import filesystem
-
-    return filesystem(cfg.pool.uri, cfg.s3)
 
 
 def build_train_dataset(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0):

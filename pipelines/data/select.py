@@ -143,10 +143,10 @@ def find_duplicates(fs, shards: list[formats.PoolShard]) -> dict[str, list[str]]
     return drop
 
 
-def select_pool(cfg: DataConfig) -> Selection:
-    """Run the selection passes for `cfg.pool` (Ray must be running)."""
+def select_pool(cfg: DataConfig, shards: list[formats.PoolShard] | None = None) -> Selection:
+    """Run the selection passes for `cfg.pool` (Ray must be running); `shards` = an existing listing."""
     fs, root = storage.filesystem(cfg.pool.uri, cfg.s3)
-    shards = formats.list_pool_shards(fs, root)
+    shards = shards if shards is not None else formats.list_pool_shards(fs, root)
     score = cfg.pool.score_column
     drop = find_duplicates(fs, shards) if cfg.pool.dedup else {}
     items = _items(shards, drop)

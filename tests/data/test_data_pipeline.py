@@ -1,0 +1,100 @@
+"""The Ray Data pipeline end to end (one shared local Ray): S3 and local sources, selection counts,
+top-fraction threshold, mix fraction, determinism, corrupt-file skipping, missing shards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from data_helpers import CIFAR, demo_config, expected_selection
+from typer.testing import CliRunner
+
+from pipelines.data import build_train_dataset, iter_torch_batches, storage
+from pipelines.data.manifest import data_version
+from pipelines.data.pipeline import build_epoch
+
+pytestmark = pytest.mark.ray
+
+
+def test_build_on_s3_writes_manifest(ray_session, demo_s3, demo_local, s3_env, tmp_path):
+    from pipelines.cli import app
+
+    uri, summary = demo_s3
+    exp = {"name": "demo", "seed": 4, "model": {"ignored": True},
+           "data": {"pool": {"uri": f"{uri}/pool", "dedup": True}, "curated": {"uri": f"{uri}/curated"},
+                    "max_bad_fraction": 0.05, "s3": {"endpoint_url": s3_env.endpoint}}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    result = CliRunner().invoke(app, ["data", "build", str(tmp_path / "exp.yaml"),
+                                      "--manifest", f"s3://aim-data/manifests/demo.json"])
+    assert result.exit_code == 0, result.output
+    fs, _ = storage.filesystem("s3://aim-data", demo_config(uri, s3_env.cfg).s3)
+    m = json.loads(storage.read_bytes(fs, "aim-data/manifests/demo.json"))
+    assert m == json.loads(result.stdout)
+    threshold, kept = expected_selection(f"{demo_local[0]}/pool", 0.15, dedup=True)
+    pool = m["pool"]
+    assert pool["rows_seen"] == summary.pool_rows == 600 and pool["duplicates_dropped"] == 2
+    assert pool["score_threshold"] == threshold and pool["rows_kept"] == kept
+    assert m["skipped"]["corrupt_image"] == 2 and m["skipped"]["missing_image"] == 1
+    assert set(m["skipped_by_shard"]) == {"pool:00000", "pool:00001", "pool:00003"}
+    mix = m["mix"]
+    assert mix["pool_samples"] == kept - 3 and mix["curated_samples"] == m["curated"]["samples_planned"]
+    assert abs(mix["realised_pool_fraction"] - 0.8) < 0.03 and m["seed"] == 4
+    cfg = demo_config(uri, s3_env.cfg, pool__dedup=True)
+    assert m["data_version"] == data_version(cfg) and m["data_version"].startswith("sha256:")
+
+
+def test_train_dataset_deterministic_per_seed_and_epoch(ray_session, preserve_order, demo_local):
+    cfg = demo_config(demo_local[0])
+    first = build_train_dataset(cfg, 24, seed=1).take_batch(40, batch_format="numpy")["image"]
+    assert first.shape == (40, 3, 24, 24) and first.dtype == np.float32 and abs(first.mean()) < 2
+    again = build_train_dataset(cfg, 24, seed=1).take_batch(40, batch_format="numpy")["image"]
+    assert np.array_equal(first, again)
+    actors = cfg.model_copy(update={"decode": cfg.decode.model_copy(update={"compute": "actors"})})
+    assert np.array_equal(first, build_train_dataset(actors, 24, seed=1).take_batch(40)["image"])
+    other = build_train_dataset(cfg, 24, seed=1, epoch=1).take_batch(40)["image"]
+    assert not np.array_equal(first, other)
+    built = build_epoch(cfg, 24, seed=1)
+    batches = list(iter_torch_batches(built.ds.iterator(), batch_size=16))
+    assert len(batches) == (built.plan.n_slots - 3) // 16  # 3 broken samples skipped, last partial dropped
+    assert all(b.shape == (16, 3, 24, 24) and str(b.dtype) == "torch.float32" for b in batches)
+
+
+def test_too_many_corrupt_images_stop_the_run(ray_session, demo_local):
+    cfg = demo_config(demo_local[0], max_bad_fraction=0.0)
+    with pytest.raises(Exception) as e:
+        for _ in build_train_dataset(cfg, 16, seed=0).iter_batches(batch_size=64):
+            pass
+    text = str(e.value)
+    assert "max_bad_fraction=0.0" in text
+    assert any(f"pool shard '{s}'" in text for s in ("00000", "00001", "00003"))
+
+
+def test_shard_missing_at_read_time_is_named(ray_session, demo_local, tmp_path):
+    shutil.copytree(demo_local[0], tmp_path / "demo")
+    cfg = demo_config(str(tmp_path / "demo"))
+    ds = build_train_dataset(cfg, 16, seed=0)
+    (tmp_path / "demo" / "pool" / "00002.tar").unlink()
+    with pytest.raises(Exception) as e:
+        ds.take_all()
+    assert "pool shard '00002'" in str(e.value) and "not found" in str(e.value)
+
+
+def test_top_fraction_and_mix_fraction_at_scale(ray_session, preserve_order, demo_local, tmp_path):
+    """12,000 CIFAR images as a pool: the distributed threshold equals np.quantile, and over the first
+    10,000 samples of the epoch the pool fraction is within 0.01 of p."""
+    from pipelines.data.convert import convert
+    from pipelines.data.select import select_pool
+
+    convert(CIFAR, str(tmp_path / "pool"), "pool", shard_size=3000, limit=12_000)
+    cfg = demo_config(demo_local[0], pool__uri=str(tmp_path / "pool"), pool__top_fraction=0.15)
+    sel = select_pool(cfg)
+    threshold, kept = expected_selection(str(tmp_path / "pool"), 0.15, dedup=False)
+    assert sel.threshold == threshold and sel.rows_kept == kept
+    everything = cfg.model_copy(update={"pool": cfg.pool.model_copy(update={"top_fraction": 1.0})})
+    built = build_epoch(everything, 16, seed=2, keep_source=True)
+    is_pool = np.concatenate([b["is_pool"] for b in built.ds.iter_batches(batch_size=1000, batch_format="numpy")])
+    assert len(is_pool) == built.plan.n_slots and is_pool.sum() == 12_000
+    assert abs(is_pool[:10_000].mean() - 0.8) <= 0.01
