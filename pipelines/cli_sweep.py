@@ -55,7 +55,7 @@ def _print_plan(spec, trials, plan) -> None:
     t = Table(title=f"sweep {spec.name} ({spec.mode}): {len(plan.trials)} trial(s) to run, "
                     f"{plan.max_concurrent} at a time on {plan.cluster_cpus:g} CPUs")
     for col in ("trial", "axis", "value", "run name", "steps", "note"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for tr in trials:
         note = f"same as {tr.duplicate_of}" if tr.duplicate_of else ""
         t.add_row(tr.trial_id, tr.axis, tr.value, tr.config.name, str(tr.config.schedule.steps), note)

@@ -207,9 +207,27 @@ def _format_error(source: str, err: ValidationError) -> str:
     return f"{source}: {loc}: {msg}{more}"
 
 
+def _absolute(uri: str | None) -> str | None:
+    """Local relative paths are taken from the working directory at load time and made absolute, so Ray
+    workers and Tune trials (which run elsewhere) see the same files. URIs with a scheme are kept."""
+    if uri is None or "://" in uri:
+        return uri
+    return str(Path(uri).expanduser().resolve())
+
+
+def absolutize(cfg: ExperimentConfig) -> ExperimentConfig:
+    cfg.storage.path = _absolute(cfg.storage.path)
+    cfg.data.pool.uri = _absolute(cfg.data.pool.uri)
+    cfg.data.curated.uri = _absolute(cfg.data.curated.uri)
+    cfg.probe.data = _absolute(cfg.probe.data)
+    if cfg.tracking.uri and cfg.tracking.uri.startswith("sqlite:///") and not cfg.tracking.uri.startswith("sqlite:////"):
+        cfg.tracking.uri = "sqlite:///" + str(Path(cfg.tracking.uri.removeprefix("sqlite:///")).resolve())
+    return cfg
+
+
 def parse_experiment(data: dict, source: str = "<config>") -> ExperimentConfig:
     try:
-        return ExperimentConfig.model_validate(data)
+        return absolutize(ExperimentConfig.model_validate(data))
     except ValidationError as e:
         raise ConfigError(_format_error(source, e)) from None
 

@@ -18,7 +18,8 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=False,
+        ray.init(num_cpus=2, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", include_dashboard=True,
+                 log_to_driver=False,
                  runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     yield ray
     ray.shutdown()

@@ -29,12 +29,15 @@ class SweepPlan:
 
 
 def plan_resources(spec: SweepSpec, trials: list[Trial], cluster_cpus: float) -> SweepPlan:
-    """Concurrency from the cluster: each trial holds its driver CPU plus its workers' CPUs, and at least
-    one CPU stays free for Ray Data decode tasks (so 2 CPUs never deadlock)."""
+    """Concurrency from the cluster. A running trial holds its driver CPU, its workers' CPUs, and needs room
+    for one read and one decode task of its Ray Data pipeline; trials beyond that would starve (and on 2
+    CPUs deadlock), so they queue."""
     runnable = [t for t in trials if t.duplicate_of is None]
-    sc = runnable[0].config.scaling
+    cfg = runnable[0].config
+    sc = cfg.scaling
     per_trial = spec.resources.cpus_per_trial + max(sc.num_workers, 1) * sc.cpus_per_worker
-    fit = max(1, int(math.floor(max(cluster_cpus - 1.0, per_trial) / per_trial + 1e-9)))
+    per_trial += 2 * cfg.data.decode.num_cpus
+    fit = max(1, int(math.floor(cluster_cpus / per_trial + 1e-9)))
     limit = spec.resources.max_concurrent_trials or fit
     return SweepPlan(runnable, spec.resources.cpus_per_trial, sc.cpus_per_worker, max(sc.num_workers, 1),
                      max(1, min(limit, fit, len(runnable))), cluster_cpus)
@@ -58,22 +61,30 @@ def open_parent_run(spec: SweepSpec, trials: list[Trial]) -> tuple[str, str]:
     return uri, run_id
 
 
-def _trainable(config: dict, trials: dict, parent_run_id: str) -> None:
-    """Tune function trainable: build and fit this trial's TorchTrainer, then run both probes."""
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
+def _run_trial(trial: Trial, parent_run_id: str) -> dict:
+    """Pre-train (a TorchTrainer; resumes from the trial's own checkpoints) and probe one trial."""
     from pipelines.probe_runner import probe_checkpoint
     from pipelines.train.driver import pretrain
 
-    trial: Trial = trials[config["trial_id"]]
     tags = {"sweep": trial.config.tags.get("sweep", ""), "axis": trial.axis, "value": trial.value,
             "trial": trial.trial_id}
-    res = pretrain(trial.config, parent_run_id=parent_run_id, extra_tags=tags, show_progress=False,
-                   callbacks=[TuneReportCallback()])
+    res = pretrain(trial.config, parent_run_id=parent_run_id, extra_tags=tags, show_progress=False)
     probes = probe_checkpoint(trial.config, None)
-    ray.tune.report({"step": res.step, "probe/attentive_top1": probes.attentive_top1,
-                     "probe/linear_top1": probes.linear_top1, "done": True})
+    return {"step": res.step, "probe/attentive_top1": probes.attentive_top1,
+            "probe/linear_top1": probes.linear_top1, "run_id": res.run_id}
+
+
+def _trainable(config: dict, trials: dict, parent_run_id: str) -> None:
+    """Tune function trainable. Tune's trial placement group captures child tasks, which would squeeze the
+    trial's Ray Data and Train work into the driver's small bundle; the trial's work therefore runs in a
+    task scheduled outside the group (it dies with this trial, by Ray's ownership rules)."""
+    import ray
+    import ray.tune
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    escape = PlacementGroupSchedulingStrategy(placement_group=None)
+    task = ray.remote(_run_trial).options(num_cpus=0, max_retries=0, scheduling_strategy=escape)
+    ray.tune.report(ray.get(task.remote(trials[config["trial_id"]], parent_run_id)))
 
 
 def _storage_root(trial: Trial) -> tuple:

@@ -177,7 +177,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:  # the dashboard (127.0.0.1) serves the State API that Ray Train polls; without it, warnings
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", log_to_driver=True,
+        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=True,
                  runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
 
 
