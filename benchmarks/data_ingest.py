@@ -1,0 +1,156 @@
+"""Ray Data ingest vs a torch DataLoader: same shards, same decode + augment function, same worker count.
+
+    python -m benchmarks.data_ingest [--n32 20000] [--n224 3000] [--workers 2] [--repeats 3]
+
+Inputs: CIFAR-10 JPEGs (32 px) from shared/data/cifar10, and the same images upscaled to 224 px and
+re-encoded (JPEG q=90), both written as pool shards (WebDataset tar + metadata Parquet) in a temp dir.
+- Ray Data: `build_train_dataset` (pool only: top_fraction=1, p=1; read+decode tasks, `workers` at a
+  time with 1 CPU each) consumed with `iter_torch_batches` on the driver. Selection runs before timing.
+- DataLoader: an IterableDataset over the same tar shards (split across `workers` processes) calling the
+  same `augment_image` (RandomResizedCrop to the source size, flip, normalise); default collate.
+Throughput = images / wall seconds of one full pass, median of `repeats` passes after one warm-up pass
+each (DataLoader with persistent workers; Ray reuses its worker processes); passes alternate between the
+two so that load from other processes hits both alike. Prints JSON with images/s and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
+
+
+def _upscaled_source(n: int, size: int, out: Path) -> Path:
+    """Labelled Parquet of the first n CIFAR train images, resized to `size` (bicubic) and re-encoded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    table = pq.read_table(CIFAR / "cifar10_train-00-of-02.parquet", columns=["image", "label"]).slice(0, n)
+    images = []
+    for data in table["image"].to_pylist():
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.Resampling.BICUBIC).save(
+            buf, format="JPEG", quality=90)
+        images.append(buf.getvalue())
+    out.mkdir(parents=True)
+    pq.write_table(pa.table({"image": pa.array(images, pa.binary()), "label": table["label"]}),
+                   out / "src_train-00000.parquet")
+    return out
+
+
+def _make_pool(n: int, size: int, tmp: Path, shards: int) -> str:
+    from pipelines.data.convert import convert
+
+    src = _upscaled_source(n, size, tmp / f"src{size}") if size != 32 else CIFAR
+    pool = tmp / f"pool{size}"
+    convert(str(src), str(pool), "pool", shard_size=-(-n // shards), limit=n)
+    return str(pool)
+
+
+def _ray_pass(cfg, size: int, batch: int) -> tuple[int, float]:
+    from pipelines.data import build_train_dataset, iter_torch_batches
+
+    ds = build_train_dataset(cfg, size, seed=0)
+    t0, n = time.perf_counter(), 0
+    for images in iter_torch_batches(ds, batch_size=batch, drop_last=False):
+        n += images.shape[0]
+    return n, time.perf_counter() - t0
+
+
+def _loader(pool: str, size: int, batch: int, workers: int, aug):
+    dataset = _TarImages(sorted(str(p) for p in Path(pool).glob("*.tar")), size, aug)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, persistent_workers=True)
+
+
+def _loader_pass(loader) -> tuple[int, float]:
+    t0, n = time.perf_counter(), 0
+    for images in loader:
+        n += images.shape[0]
+    return n, time.perf_counter() - t0
+
+
+class _TarImages(torch.utils.data.IterableDataset):
+    """Shards split across workers, each sample decoded + augmented."""
+
+    def __init__(self, tars: list[str], size: int, aug):
+        self.tars, self.size, self.aug = tars, size, aug
+
+    def __iter__(self):
+        import pyarrow.fs as pafs
+
+        from pipelines.data.augment import augment_image
+        from pipelines.data.formats import iter_wds
+
+        info = torch.utils.data.get_worker_info()
+        mine = self.tars[info.id::info.num_workers] if info else self.tars
+        fs = pafs.LocalFileSystem()
+        for i, tar in enumerate(mine):
+            for j, (_, files) in enumerate(iter_wds(fs, tar, exts={"jpg"})):
+                yield torch.from_numpy(augment_image(files["jpg"], self.size, self.aug, seed=i * 1_000_003 + j))
+
+
+def _config(pool: str, args):
+    from pipelines.data.config import DataConfig
+
+    return DataConfig.model_validate({
+        "pool": {"uri": pool, "top_fraction": 1.0}, "curated": {"uri": str(CIFAR)},
+        "mix": {"pool_probability": 1.0},
+        "decode": {"concurrency": args.workers, "num_cpus": 1, "batch_size": args.batch, "compute": args.compute}})
+
+
+def _bench(name: str, pool: str, size: int, args) -> dict:
+    """Warm both up (selection, worker processes), then alternate passes so load changes hit both."""
+    cfg = _config(pool, args)
+    loader = _loader(pool, size, args.batch, args.workers, cfg.augment)
+    _ray_pass(cfg, size, args.batch), _loader_pass(loader)
+    ray_runs, dl_runs = [], []
+    for _ in range(args.repeats):
+        dl_runs.append(_loader_pass(loader))
+        ray_runs.append(_ray_pass(cfg, size, args.batch))
+    assert ray_runs[0][0] == dl_runs[0][0], "both pipelines must see every image"
+    ray_ips = float(np.median([n / s for n, s in ray_runs]))
+    dl_ips = float(np.median([n / s for n, s in dl_runs]))
+    return {"images": name, "n": ray_runs[0][0], "ray_data_img_s": round(ray_ips, 1),
+            "dataloader_img_s": round(dl_ips, 1), "ratio": round(ray_ips / dl_ips, 3),
+            "ray_pass_s": [round(s, 2) for _, s in ray_runs], "dataloader_pass_s": [round(s, 2) for _, s in dl_runs]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n32", type=int, default=20_000)
+    p.add_argument("--n224", type=int, default=3_000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compute", choices=["tasks", "actors"], default="tasks")
+    args = p.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    torch.set_num_threads(1)
+    cases = [("cifar10-32px", args.n32, 32), ("cifar10-upscaled-224px", args.n224, 224)]
+    with tempfile.TemporaryDirectory() as tmp:
+        pools = {name: _make_pool(n, size, Path(tmp), 4 * args.workers) for name, n, size in cases}
+        import ray
+
+        ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="error", log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        results = [_bench(name, pools[name], size, args) for name, _, size in cases]
+    print(json.dumps({"benchmark": "data_ingest", "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
+                      "workers": args.workers, "batch_size": args.batch, "ray_compute": args.compute,
+                      "ray": ray.__version__, "torch": torch.__version__, "results": results}, indent=2))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
