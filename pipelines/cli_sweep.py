@@ -72,7 +72,7 @@ def report(sweep: str = typer.Argument(..., help="sweep name or the parent MLflo
     from rich.table import Table
 
     from pipelines import tracking
-    from pipelines.sweep.report import HEADER, _table_rows, write_report
+    from pipelines.sweep.report import HEADER, table_rows, write_report
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     try:
@@ -82,7 +82,7 @@ def report(sweep: str = typer.Argument(..., help="sweep name or the parent MLflo
     t = Table(title=f"ablations: {sweep}")
     for h in HEADER:
         t.add_column(h)
-    for r in _table_rows(rows):
+    for r in table_rows(rows):
         t.add_row(*r)
     console.print(t)
     console.print(f"report: {where / 'report.html'} (and report.md, PNG charts)\n"

@@ -33,6 +33,7 @@ class Row:
     linear_top1: float | None
     attentive_top1: float | None
     images_per_s: float | None
+    assignments: dict[str, str] | None = None
 
 
 def _find_parent(c, name_or_id: str, experiment: str | None) -> str:
@@ -69,17 +70,36 @@ def collect_rows(c, parent: str) -> list[Row]:
     for t in plan["trials"]:
         run = by_trial.get(t["duplicate_of"] or t["trial_id"])
         m = run.data.metrics if run else {}
-        rows.append(Row(t["axis"], t["value"], t["trial_id"], run.info.run_id if run else None,
+        value = ", ".join(f"{a}={v}" for a, v in t.get("assignments", {}).items()) if t["axis"] == "grid" else t["value"]
+        rows.append(Row(t["axis"], value, t["trial_id"], run.info.run_id if run else None,
                         m.get("train/loss"), m.get("probe/linear_top1"), m.get("probe/attentive_top1"),
-                        _metric_mean(c, run.info.run_id, "train/images_per_s") if run else None))
-    return rows
+                        _metric_mean(c, run.info.run_id, "train/images_per_s") if run else None,
+                        t.get("assignments")))
+    return _with_marginals(rows) if plan.get("mode") == "grid" else rows
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _with_marginals(rows: list[Row]) -> list[Row]:
+    """Grid sweeps: per axis value, the mean over the other axes (what the paper-style table reads)."""
+    out = []
+    for axis in dict.fromkeys(a for r in rows for a in (r.assignments or {})):
+        for value in dict.fromkeys((r.assignments or {}).get(axis) for r in rows if r.assignments):
+            sub = [r for r in rows if (r.assignments or {}).get(axis) == value]
+            out.append(Row(axis, value, f"mean of {len(sub)}", None, _mean([r.final_loss for r in sub]),
+                           _mean([r.linear_top1 for r in sub]), _mean([r.attentive_top1 for r in sub]),
+                           _mean([r.images_per_s for r in sub])))
+    return out + rows
 
 
 def _fmt(x: float | None, nd: int = 2) -> str:
     return "—" if x is None else f"{x:.{nd}f}"
 
 
-def _table_rows(rows: list[Row]) -> list[list[str]]:
+def table_rows(rows: list[Row]) -> list[list[str]]:
     out = []
     for r in rows:
         paper = PAPER.get((r.axis, r.value))
@@ -93,13 +113,13 @@ HEADER = ["axis", "value", "final loss", "linear top-1", "attentive top-1", "ima
 
 def to_markdown(title: str, rows: list[Row]) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in _table_rows(rows)]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(rows)]
     return "\n".join(lines) + "\n"
 
 
 def to_html(title: str, rows: list[Row], charts: list[str]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in _table_rows(rows))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table_rows(rows))
     imgs = "".join(f'<img src="{html.escape(n)}" style="max-width:48%">' for n in charts)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
@@ -114,7 +134,7 @@ def _charts(rows: list[Row], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     names = []
-    for axis in dict.fromkeys(r.axis for r in rows if r.axis != "base"):
+    for axis in dict.fromkeys(r.axis for r in rows if r.axis not in ("base", "grid")):
         sub = [r for r in rows if r.axis == axis]
         fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(sub), 3.2))
         xs = range(len(sub))
@@ -129,11 +149,11 @@ def _charts(rows: list[Row], out: Path) -> list[str]:
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
         names.append(name)
-    pts = [r for r in rows if r.final_loss is not None and r.attentive_top1 is not None]
+    pts = [r for r in rows if r.run_id and r.final_loss is not None and r.attentive_top1 is not None]
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     ax.scatter([r.final_loss for r in pts], [r.attentive_top1 for r in pts])
     for r in pts:
-        ax.annotate(f"{r.axis}={r.value}", (r.final_loss, r.attentive_top1), fontsize=6)
+        ax.annotate(r.value if r.axis == "grid" else f"{r.axis}={r.value}", (r.final_loss, r.attentive_top1), fontsize=6)
     ax.set_xlabel("final pre-training loss")
     ax.set_ylabel("attentive top-1 (%)")
     fig.tight_layout()

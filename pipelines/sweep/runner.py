@@ -26,6 +26,7 @@ class SweepPlan:
     workers_per_trial: int
     max_concurrent: int
     cluster_cpus: float
+    all_trials: list[Trial]  # including one-at-a-time values identical to the base (reported, not run)
 
 
 def plan_resources(spec: SweepSpec, trials: list[Trial], cluster_cpus: float) -> SweepPlan:
@@ -40,7 +41,7 @@ def plan_resources(spec: SweepSpec, trials: list[Trial], cluster_cpus: float) ->
     fit = max(1, int(math.floor(cluster_cpus / per_trial + 1e-9)))
     limit = spec.resources.max_concurrent_trials or fit
     return SweepPlan(runnable, spec.resources.cpus_per_trial, sc.cpus_per_worker, max(sc.num_workers, 1),
-                     max(1, min(limit, fit, len(runnable))), cluster_cpus)
+                     max(1, min(limit, fit, len(runnable))), cluster_cpus, trials)
 
 
 def open_parent_run(spec: SweepSpec, trials: list[Trial]) -> tuple[str, str]:
@@ -53,6 +54,7 @@ def open_parent_run(spec: SweepSpec, trials: list[Trial]) -> tuple[str, str]:
                                     "sweep.axes": ",".join(spec.axes)})
     plan = {"sweep": spec.name, "mode": spec.mode, "trials": [
         {"trial_id": t.trial_id, "axis": t.axis, "value": t.value, "duplicate_of": t.duplicate_of,
+         "assignments": t.assignments,
          "run_name": t.config.name, "overrides": t.overrides} for t in trials]}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "plan.json"
@@ -98,7 +100,7 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
     import ray.tune
     from ray import tune
 
-    uri, parent = open_parent_run(spec, plan.trials)
+    uri, parent = open_parent_run(spec, plan.all_trials)
     fs, root = _storage_root(plan.trials[0])
     trials = {t.trial_id: t for t in plan.trials}
     trainable = tune.with_resources(tune.with_parameters(_trainable, trials=trials, parent_run_id=parent),

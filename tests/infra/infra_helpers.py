@@ -71,7 +71,9 @@ def ray_head(resources: str = '{"TRAIN_DRIVER": 4}', num_cpus: int = 2):
     cmd = [str(Path(VENV_BIN) / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
            "--dashboard-host", "127.0.0.1", "--port", str(port), "--dashboard-port", str(dash),
            "--num-cpus", str(num_cpus), "--resources", resources, "--disable-usage-stats",
-           "--ray-client-server-port", str(free_port()), "--temp-dir", tmp]
+           "--ray-client-server-port", str(free_port()), "--temp-dir", tmp,
+           # the agent's HTTP port defaults to 52365: another Ray on this machine (a test session) may hold it
+           "--dashboard-agent-listen-port", str(free_port())]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, cwd=tmp)
     sid = proc.pid

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +10,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_estimate_json_is_consistent():
-    out = subprocess.run([sys.executable, "-m", "infra.estimate", "--no-sweep-file", "--trials", "10",
-                          "--mfu", "0.5", "--nodes", "5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    d = json.loads(out.stdout)
+def test_estimate_json_is_consistent(capsys):
+    from infra import estimate
+
+    estimate.main(["--no-sweep-file", "--trials", "10", "--mfu", "0.5", "--nodes", "5"])
+    d = json.loads(capsys.readouterr().out)
     a = d["assumptions"]
     from aim_core import build_model
     import torch
@@ -34,3 +32,25 @@ def test_estimate_json_is_consistent():
     full = d["full_aim_600m_run"]
     assert full["train_flops"] == fpi * 500_000 * 4096
     assert "ASSUMPTION" in a["ablation_schedule"]["note"] and "ASSUMPTION" in a["price_per_gpu_hour_usd"]["note"]
+
+
+def test_estimate_costs_each_trial_of_a_sweep_file(tmp_path, capsys):
+    """With a sweep file, each trial is costed with its own model's FLOPs (here two presets)."""
+    import yaml
+
+    from aim_core import build_model
+    from infra import estimate
+    import torch
+
+    sweep = tmp_path / "grid.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "grid", "base": str(ROOT / "experiments/cifar10-tiny.yaml"), "mode": "one_at_a_time",
+        "axes": {"size": {"tiny": {"model.preset": "aim-tiny"}, "small": {"model.preset": "aim-small"}}}}))
+    estimate.main(["--sweep", str(sweep), "--steps", "1000", "--batch-size", "256"])
+    d = json.loads(capsys.readouterr().out)
+    with torch.device("meta"):
+        expect = {p: build_model(p).flops_per_image()["train"] for p in ("aim-tiny", "aim-small")}
+    got = {t["preset"]: t["train_flops_per_image"] for t in d["per_trial"]}
+    assert got == expect
+    assert d["ablation_grid"]["train_flops"] == sum(expect.values()) * 1000 * 256
+    assert d["ablation_grid"]["trials"] == 2 and "grid.yaml" in d["assumptions"]["trials_source"]

@@ -8,7 +8,7 @@ import pytest
 
 from pipelines import tracking
 from pipelines.config import parse_experiment
-from tests.train.conftest import experiment
+from tests.conftest import experiment
 
 pytestmark = pytest.mark.ray
 
