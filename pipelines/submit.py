@@ -284,22 +284,33 @@ def client(address: str):
     return JobSubmissionClient(address)
 
 
-def submit(req: JobRequest, address: str, attempts: int = 5) -> str:
-    """Submit under the next free `<base>-<n>` id; returns the submission id."""
+def submit(req: JobRequest, address: str, attempts: int = 5, agent_wait_s: float = 90.0) -> str:
+    """Submit under the next free `<base>-<n>` id; returns the submission id.
+
+    Retries (a) with the next counter when another submitter took the id between listing and submitting,
+    (b) for up to `agent_wait_s` while the head's job agent is still starting ("No available agent")."""
+    import time
+
     c = client(address)
     existing = {j.submission_id for j in c.list_jobs() if j.submission_id}
     last: Exception | None = None
-    for _ in range(attempts):
+    deadline = time.monotonic() + agent_wait_s
+    tries = 0
+    while tries < attempts:
         sid = next_submission_id(req.base_id, existing)
         try:
             return c.submit_job(entrypoint=req.entrypoint, submission_id=sid, runtime_env=req.runtime_env,
                                 metadata={**req.metadata, "aim.base_id": req.base_id},
                                 entrypoint_resources=req.entrypoint_resources or None)
-        except RuntimeError as e:  # someone took the id between list and submit: try the next one
-            if "already exists" not in str(e):
-                raise
-            existing.add(sid)
+        except RuntimeError as e:
             last = e
+            if "already exists" in str(e):  # someone took the id: try the next one
+                existing.add(sid)
+                tries += 1
+            elif "No available agent" in str(e) and time.monotonic() < deadline:
+                time.sleep(2.0)
+            else:
+                raise
     raise SubmitError(f"could not find a free submission id after {attempts} tries: {last}")
 
 
