@@ -16,11 +16,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# demo data -> 4-trial sweep (norm_pixel vs pixel x causal vs prefix) -> report, all under ./demo
 demo: venv
-	$(VENV)/bin/aimctl demo
+	rm -rf demo
+	$(VENV)/bin/aimctl data demo --out demo/data --per-shard 400 --curated-train 1200 --curated-test 400
+	$(VENV)/bin/aimctl sweep experiments/ablations/demo.yaml
+	$(VENV)/bin/aimctl report demo --tracking-uri sqlite:///$(CURDIR)/demo/mlflow.db --out demo/report
+	@echo
+	@echo "Report:    $(CURDIR)/demo/report/report.html  (and report.md, PNG charts)"
+	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/demo/mlflow.db --host 127.0.0.1 --port 5000"
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build *.egg-info
