@@ -228,7 +228,7 @@ def build_request(command: list[str], *, extra_env: list[str] | None = None, pyt
             value = env[name]
         env_vars[name] = value
     check_no_secrets(command, env_vars, env)
-    warnings = []
+    command, warnings = _project_paths(command, root, Path.cwd())
     uri = env_vars.get("MLFLOW_TRACKING_URI", "")
     if not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         warnings.append("MLFLOW_TRACKING_URI is not a tracking server: the job will track into a file on the "
@@ -271,6 +271,24 @@ def resolve_driver_resource(address: str, wanted: str | None) -> tuple[str | Non
 
 _QUIET = ("ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir",
           "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk")
+
+
+def _project_paths(command: list[str], root: Path, cwd: Path) -> tuple[list[str], list[str]]:
+    """The job runs in the uploaded project root: make YAML paths relative to it where they can be."""
+    out, warnings = [], []
+    for arg in command:
+        if arg.endswith((".yaml", ".yml")) and "=" not in arg:
+            p = Path(arg)
+            full = (p if p.is_absolute() else cwd / p).resolve()
+            if full.is_relative_to(root) and full.exists():
+                arg = str(full.relative_to(root))
+            elif p.is_absolute():
+                warnings.append(f"{arg} is outside the project: the job sees it only if the cluster shares this "
+                                "filesystem (put experiment files under experiments/)")
+            elif not (root / p).exists():
+                warnings.append(f"{arg} is not in the project directory that is uploaded")
+        out.append(arg)
+    return out, warnings
 
 
 def client(address: str):

@@ -100,3 +100,15 @@ def test_cli_dry_run_prints_no_secret():
                               "AWS_SECRET_ACCESS_KEY", "--", "model", "list"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and SECRET not in refused.stdout + refused.stderr
+
+
+def test_yaml_paths_are_made_relative_to_the_uploaded_project(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT / "experiments")
+    r = _req(["pretrain", "cifar10-tiny.yaml"])  # relative to where you stand
+    assert r.command == ["pretrain", "experiments/cifar10-tiny.yaml"] and not r.warnings
+    r = _req(["pretrain", str(ROOT / "experiments/cifar10-tiny.yaml")])
+    assert r.command[1] == "experiments/cifar10-tiny.yaml"
+    outside = tmp_path / "x.yaml"
+    outside.write_text("name: x\n")
+    r = _req(["pretrain", str(outside)])
+    assert r.command[1] == str(outside) and any("outside the project" in w for w in r.warnings)
