@@ -39,9 +39,10 @@ def plan_resources(spec: SweepSpec, trials: list[Trial], cluster_cpus: float) ->
     per_trial = spec.resources.cpus_per_trial + max(sc.num_workers, 1) * sc.cpus_per_worker
     per_trial += 2 * cfg.data.decode.num_cpus
     fit = max(1, int(math.floor(cluster_cpus / per_trial + 1e-9)))
+    # An explicit limit wins: on an autoscaling cluster the resources are not there yet when planning.
     limit = spec.resources.max_concurrent_trials or fit
     return SweepPlan(runnable, spec.resources.cpus_per_trial, sc.cpus_per_worker, max(sc.num_workers, 1),
-                     max(1, min(limit, fit, len(runnable))), cluster_cpus, trials)
+                     max(1, min(limit, len(runnable))), cluster_cpus, trials)
 
 
 def open_parent_run(spec: SweepSpec, trials: list[Trial]) -> tuple[str, str]:
