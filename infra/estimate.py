@@ -13,8 +13,8 @@ AIM-0.6B trials. Probing is not counted (minutes per trial against days of pre-t
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -51,15 +51,32 @@ def _trials_from_sweep(path: Path) -> list[dict] | None:
     from pipelines.sweep.spec import load_sweep
 
     _, trials = load_sweep(path)
-    out = []
+    out, seen = [], {}
     for t in trials:
         if t.duplicate_of is not None:
             continue
         cfg = t.config
-        out.append({"trial": t.trial_id, "preset": cfg.model.preset,
-                    "train_flops_per_image": train_flops_per_image(cfg.aim_config()),
-                    "sweep_steps": cfg.schedule.steps, "sweep_batch": cfg.optim.batch_size})
+        key = _resolved_key(cfg)
+        if key in seen:  # e.g. a value equal to the preset's default: the same run as another trial
+            seen[key]["same_as"].append(t.trial_id)
+            continue
+        row = {"trial": t.trial_id, "preset": cfg.model.preset,
+               "train_flops_per_image": train_flops_per_image(cfg.aim_config()),
+               "sweep_steps": cfg.schedule.steps, "sweep_batch": cfg.optim.batch_size, "same_as": []}
+        seen[key] = row
+        out.append(row)
     return out
+
+
+def _resolved_key(cfg) -> str:
+    """The run a trial really is: every section, with the model resolved against its preset; name/tags aside."""
+    import dataclasses
+
+    d = cfg.model_dump(mode="json")
+    for k in ("name", "tags", "model"):
+        d.pop(k, None)
+    d["model"] = dataclasses.asdict(cfg.aim_config())
+    return json.dumps(d, sort_keys=True, default=str)
 
 
 def run_cost(flops: float, a: argparse.Namespace) -> dict:
@@ -82,7 +99,11 @@ def estimate(a: argparse.Namespace) -> dict:
         source = f"assumed: {a.trials} trials of {a.preset} ({a.sweep} not found)"
     else:
         trials = sweep
+        dup = sum(len(t["same_as"]) for t in trials)
         source = f"{a.sweep}: {len(trials)} distinct trials"
+        if dup:
+            notes.append(f"{dup} trial(s) resolve to the same run as another (listed under same_as) and are "
+                         "counted once")
         small = sorted({t["preset"] for t in trials if t["preset"] != a.preset})
         if small:
             notes.append(f"trials use preset(s) {small}, not {a.preset}: costed with their own FLOPs")
@@ -92,10 +113,12 @@ def estimate(a: argparse.Namespace) -> dict:
     grid = run_cost(total_flops, a)
     grid.pop("wall_hours")
     concurrent = max(1, (a.nodes * a.gpus_per_node) // a.gpus_per_trial)
-    waves = math.ceil(len(per_trial) / concurrent)
-    longest = max(t["wall_hours"] for t in per_trial)
-    grid.update({"trials": len(per_trial), "concurrent_trials": concurrent, "waves": waves,
-                 "wall_clock_days": round(waves * longest / 24, 1)})
+    # Tune starts trials in grid order as trial slots free up: list scheduling on `concurrent` slots.
+    slots = [0.0] * concurrent
+    for t in per_trial:
+        heapq.heappush(slots, heapq.heappop(slots) + t["wall_hours"])
+    grid.update({"trials": len(per_trial), "concurrent_trials": concurrent,
+                 "wall_clock_days": round(max(slots) / 24, 1)})
     if sweep is None:  # identical assumed trials: show one
         per_trial = [{**per_trial[0], "trial": "each assumed trial", "count": len(per_trial)}]
     full = run_cost(base_fpi * PAPER_FULL_STEPS * PAPER_BATCH, a)

@@ -178,6 +178,18 @@ def test_rayjob_templates(name, command):
     _check_cli_accepts(command, argv[2:])
     if not (ROOT / target).exists():
         pytest.skip(f"{target} is not in the repository yet (a colleague is writing it)")
+    # The file plus the overrides is a valid experiment / sweep, as the job will load it.
+    if command == "pretrain":
+        from pipelines.config import load_experiment
+
+        sets = [argv[i + 1] for i, t in enumerate(argv) if t == "--set"]
+        cfg = load_experiment(ROOT / target, sets)
+        assert cfg.scaling.use_gpu and cfg.storage.path.startswith("s3://"), "a cluster run needs GPUs and S3"
+    else:
+        from pipelines.sweep.spec import load_sweep
+
+        _, trials = load_sweep(ROOT / target)
+        assert all(t.config.scaling.use_gpu and t.config.storage.path.startswith("s3://") for t in trials)
 
 
 def _check_cli_accepts(command: str, args: list[str]) -> None:
