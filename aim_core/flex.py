@@ -30,6 +30,10 @@ def _compiled_flex():
 
 
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask) -> torch.Tensor:
+    if torch.compiler.is_compiling():  # inside a compiled block: let that compilation trace the kernel
+        from torch.nn.attention.flex_attention import flex_attention as _flex
+
+        return _flex(q, k, v, block_mask=block_mask)
     return _compiled_flex()(q, k, v, block_mask=block_mask)
 
 

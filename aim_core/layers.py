@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
-
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
-__all__ = ["sincos_2d", "Attention", "Block", "AttnMask"]
+__all__ = ["sincos_2d", "Attention", "Block", "AttnMask", "explicit_attention"]
 
 # An attention mask as passed down the trunk: None (bidirectional), a (B,1,K,K) boolean tensor for SDPA
 # (True = may attend), or a FlexAttention BlockMask.
@@ -35,6 +33,27 @@ def sincos_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
     return emb.float()
 
 
+# Set to False to send bf16/fp16 CPU attention through SDPA as well (benchmarks/model_step compares).
+EXPLICIT_LOWP_CPU_ATTENTION = True
+
+
+def _explicit_on_cpu(q: torch.Tensor) -> bool:
+    return EXPLICIT_LOWP_CPU_ATTENTION and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd), masked) v with the softmax in fp32: what SDPA computes, written out.
+
+    Used for bf16/fp16 on the CPU only, where SDPA's flash kernel (forward + backward) is ~3x slower than
+    these two batched matmuls for AIM's short sequences (K <= 256; measured in benchmarks/model_step).
+    fp32 and CUDA keep SDPA (there it is as fast or much faster, and memory-efficient).
+    """
+    scores = torch.matmul(q, k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5  # (B, h, Nq, Nk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention, bias-free projections; mask semantics: True = may attend."""
 
@@ -50,7 +69,9 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, h, N, hd)
-        if mask is None or isinstance(mask, torch.Tensor):
+        if (mask is None or isinstance(mask, torch.Tensor)) and _explicit_on_cpu(q):
+            out = explicit_attention(q, k, v, mask)
+        elif mask is None or isinstance(mask, torch.Tensor):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:  # FlexAttention BlockMask (CUDA fast path for the prefix mask)
             from aim_core.flex import flex_attention

@@ -15,6 +15,8 @@ def sample_prefix_len(batch: int, num_patches: int, generator: torch.Generator |
     if num_patches < 2:
         raise ValueError("prefix attention needs at least 2 patches")
     s = torch.randint(1, num_patches, (batch,), generator=generator)
+    if torch.device(device).type == "cuda":  # pinned + non_blocking: no host-device sync in the step
+        return s.pin_memory().to(device, non_blocking=True)
     return s.to(device)
 
 

@@ -58,6 +58,8 @@ class AIM(nn.Module):
         order = make_order(cfg.order, cfg.grid, cfg.order_seed)
         self.register_buffer("perm", order.perm, persistent=False)
         self.register_buffer("inverse", order.inverse, persistent=False)
+        # Raster order is the identity permutation: skip the (B, K, .) gathers (and their scatter backward).
+        self.identity_order = cfg.order == "raster"
         init_weights(self.preprocessor)
         init_weights(self.blocks)
         init_weights(self.head)
@@ -81,9 +83,13 @@ class AIM(nn.Module):
         return masks.may_attend(mode, self.config.num_patches, batch, prefix_len, device)
 
     # ---- forward -----------------------------------------------------------------------------
+    def to_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K, ...) raster order -> sequence order (no copy for raster order)."""
+        return x if self.identity_order else x[:, self.perm]
+
     def forward_trunk(self, images: torch.Tensor, mask=None, keep: Sequence[int] = ()) -> tuple[torch.Tensor, list]:
         """Tokens in sequence order through the trunk. Returns (final-normed x, raw outputs of `keep` blocks)."""
-        x = self.preprocessor(images)[:, self.perm]  # (B, K, d), sequence order
+        x = self.to_sequence(self.preprocessor(images))  # (B, K, d), sequence order
         kept = []
         for i, blk in enumerate(self.blocks):
             x = blk(x, mask)
@@ -105,7 +111,7 @@ class AIM(nn.Module):
                               prefix_len: torch.Tensor | None = None) -> LossOutput:
         """The loss for `predictions = model(images, prefix_len)` (lets a DDP/FSDP wrapper run the forward)."""
         pred = predictions[:, :-1]  # (B, K-1, D)
-        target = self.target.make(images)[:, self.perm][:, 1:]  # raster -> sequence, shifted by one
+        target = self.to_sequence(self.target.make(images))[:, 1:]  # raster -> sequence, shifted by one
         use = prefix_len if self.config.attention == "prefix" else None
         loss_mask = masks.loss_positions(self.config.num_patches, images.shape[0], use, images.device)
         return LossOutput(self.target.loss(pred, target, loss_mask), pred, target, loss_mask)
@@ -123,7 +129,8 @@ class AIM(nn.Module):
         """Bidirectional features (B, K, d): mean of the raw outputs of `blocks` (default: last 6)."""
         keep = self.resolve_blocks(blocks)
         _, kept = self.forward_trunk(images, mask=None, keep=keep)
-        return torch.stack(kept).mean(0)[:, self.inverse]  # back to raster order
+        feats = torch.stack(kept).mean(0)
+        return feats if self.identity_order else feats[:, self.inverse]  # back to raster order
 
     # ---- hooks -------------------------------------------------------------------------------
     def trunk_modules(self) -> list[nn.Module]:
