@@ -1,6 +1,6 @@
 """Ray Data ingest vs a torch DataLoader: same shards, same decode + augment function, same worker count.
 
-    python -m benchmarks.data_ingest [--n32 20000] [--n224 3000] [--workers 2] [--repeats 3]
+    python -m benchmarks.data_ingest [--n32 10000] [--n224 2000] [--workers 2] [--repeats 3]
 
 Inputs: CIFAR-10 JPEGs (32 px) from shared/data/cifar10, and the same images upscaled to 224 px and
 re-encoded (JPEG q=90), both written as pool shards (WebDataset tar + metadata Parquet) in a temp dir.
@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -118,6 +119,8 @@ def _bench(name: str, pool: str, size: int, args) -> dict:
     for _ in range(args.repeats):
         dl_runs.append(_loader_pass(loader))
         ray_runs.append(_ray_pass(cfg, size, args.batch))
+        print(f"{name}: dataloader {dl_runs[-1][1]:.2f}s, ray {ray_runs[-1][1]:.2f}s for {ray_runs[-1][0]} images",
+              file=sys.stderr, flush=True)
     assert ray_runs[0][0] == dl_runs[0][0], "both pipelines must see every image"
     ray_ips = float(np.median([n / s for n, s in ray_runs]))
     dl_ips = float(np.median([n / s for n, s in dl_runs]))
@@ -128,8 +131,8 @@ def _bench(name: str, pool: str, size: int, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n32", type=int, default=20_000)
-    p.add_argument("--n224", type=int, default=3_000)
+    p.add_argument("--n32", type=int, default=10_000)
+    p.add_argument("--n224", type=int, default=2_000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)

@@ -32,6 +32,9 @@ class S3Config(_Strict):
 
     endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000; None = AWS itself")
     region: str | None = Field(None, description="default AWS_REGION or us-east-1")
+    retry_seconds: float = Field(30.0, ge=0, le=3600,
+                                 description="keep retrying a failing request (endpoint down, throttled) for at "
+                                             "least this long before the run fails; 0 = no retries")
 
     @field_validator("endpoint_url")
     @classmethod
@@ -111,6 +114,8 @@ class DecodeConfig(_Strict):
     concurrency: int = Field(2, ge=1, description="decode tasks/actors running at once")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task/actor")
     batch_size: int = Field(64, ge=1)
+    read_concurrency: int = Field(2, ge=1, description="shard read tasks running at once")
+    read_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per read task (mostly I/O; 0 so reads never wait behind decode actors)")
     read_chunk: int = Field(256, ge=1, description="rows per block emitted by a shard reader")
 
 

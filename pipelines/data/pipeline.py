@@ -10,7 +10,6 @@ a shard past `cfg.max_bad_fraction` of its samples stops the run with an error n
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from pipelines.data.config import AugmentConfig, DataConfig
 from pipelines.data.formats import PoolShard, list_pool_shards
 from pipelines.data.plan import CuratedSource, EpochPlan, curated_source, plan_epoch
 from pipelines.data.raytools import ensure_ray
-from pipelines.data.reader import ReadContext, read_tasks, report_bad
+from pipelines.data.reader import ReadContext, mixed_datasource, report_bad
 from pipelines.data.select import Selection, select_pool
 from pipelines.data.storage import filesystem
 
@@ -121,9 +120,8 @@ def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
     ctx = ReadContext(fs, sel.score_column, sel.threshold, cur, seed, epoch, cfg.mix.pool_probability,
                       cfg.mix.window, cfg.decode.read_chunk, tracker)
     d = cfg.decode
-    ds = ray.data.from_items([{"spec": json.dumps(t)} for t in plan.tasks], override_num_blocks=len(plan.tasks))
-    ds = ds.map_batches(read_tasks, batch_size=1, batch_format="numpy", fn_kwargs={"ctx": ctx},
-                        compute=TaskPoolStrategy(size=d.concurrency), num_cpus=d.num_cpus)
+    ds = ray.data.read_datasource(mixed_datasource(plan.tasks, ctx), override_num_blocks=len(plan.tasks),
+                                  num_cpus=d.read_num_cpus, compute=TaskPoolStrategy(size=d.read_concurrency))
     kwargs = {"img_size": img_size, "aug": cfg.augment, "tracker": tracker, "keep_source": keep_source}
     if d.compute == "actors":
         ds = ds.map_batches(_DecodeActor, batch_size=d.batch_size, batch_format="numpy",

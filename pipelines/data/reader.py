@@ -7,7 +7,7 @@ sequence) and `aug_seed` (the sample's augmentation seed).
 
 from __future__ import annotations
 
-import json
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,7 +22,7 @@ from pipelines.data.plan import CuratedSource
 from pipelines.data.select import shard_scores
 from pipelines.data.storage import StorageError
 
-__all__ = ["ReadContext", "read_tasks", "report_bad"]
+__all__ = ["ReadContext", "mixed_datasource", "report_bad"]
 
 
 @dataclass
@@ -117,7 +117,38 @@ def _read_one(spec: dict, ctx: ReadContext) -> Iterator[pa.Table]:
                         "aug_seed": pa.array(seeds[s])})
 
 
-def read_tasks(batch: dict[str, np.ndarray], ctx: ReadContext) -> Iterator[pa.Table]:
-    """Ray Data UDF: every `spec` row of the batch is one read task."""
-    for spec in batch["spec"]:
-        yield from _read_one(json.loads(spec), ctx)
+_CONTEXTS: dict[str, ReadContext] = {}
+
+
+def _read_task(spec: dict, ctx_ref) -> Iterator[pa.Table]:
+    """Body of one Ray Data read task; the shared context is fetched once per worker process."""
+    import ray
+
+    key = ctx_ref.hex()
+    if key not in _CONTEXTS:
+        _CONTEXTS.clear()
+        _CONTEXTS[key] = ray.get(ctx_ref)
+    yield from _read_one(spec, _CONTEXTS[key])
+
+
+def mixed_datasource(specs: list[dict], ctx: ReadContext):
+    """A Ray Data `Datasource` with one read task per plan task (pool shard + its curated slice), in plan
+    order. The context (filesystems, curated chunk table) goes to the object store once."""
+    import ray
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    ctx_ref = ray.put(ctx)
+
+    class MixedShards(Datasource):
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
+            return [ReadTask(functools.partial(_read_task, spec, ctx_ref),
+                             BlockMetadata(num_rows=spec["slot_stop"] - spec["slot_start"], size_bytes=None,
+                                           exec_stats=None, input_files=(spec["tar"],)),
+                             per_task_row_limit=per_task_row_limit)
+                    for spec in specs]
+
+    return MixedShards()
