@@ -15,6 +15,10 @@ FLOP/s of the GPU (looked up by name; unknown GPU -> MFU null). Peak memory is
 `torch.cuda.max_memory_allocated` for that variant. One step per variant is also run under
 `torch.cuda.set_sync_debug_mode("warn")` and the host-device synchronisations it reports are counted.
 
+Finally a forward-only check compares the flex and sdpa predictions on one prefix mask
+(`flex_vs_sdpa_forward_check`; on the CPU this is the only FlexAttention path that runs, as it has no
+CPU backward, so the flex training variants record that error there).
+
 Prints one JSON document on stdout (progress on stderr); `--json-out FILE` also rewrites FILE after
 every variant so a run cut short still leaves its figures.
 """
@@ -153,6 +157,24 @@ def run_variant(model, opt, cfg_base, impl: str, compiled: bool, batch: int, a, 
     return out
 
 
+@torch.no_grad()
+def flex_forward_check(model, cfg_base, device: torch.device) -> dict:
+    """Forward only (FlexAttention has no CPU backward): flex vs sdpa predictions on the same prefix mask."""
+    try:
+        g = torch.Generator(device="cpu").manual_seed(1)
+        x = torch.randn(2, 3, cfg_base.img_size, cfg_base.img_size, generator=g).to(device)
+        s = model.sample_prefix_len(2, g)
+        out = {}
+        for impl in ("flex", "sdpa"):
+            model.config = dataclasses.replace(cfg_base, attn_impl=impl)
+            out[impl] = model(x, s).float()
+        return {"max_abs_diff": float((out["flex"] - out["sdpa"]).abs().max())}
+    except Exception as e:  # noqa: BLE001
+        return {"error": err_str(e)}
+    finally:
+        model.config = cfg_base
+
+
 def free_grads_and_state(model, opt) -> None:
     opt.zero_grad(set_to_none=True)
     gc.collect()
@@ -235,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             dump()
     set_compiled(model, False)
     model.config = cfg
+    if "flex" in a.impls.split(","):
+        report["flex_vs_sdpa_forward_check"] = flex_forward_check(model, cfg, device)
 
     ok = {(r["attn_impl"], r["compile"]): r for r in report["runs"] if "images_per_s" in r}
     cmp = {}
