@@ -4,8 +4,9 @@
 
 Inputs: CIFAR-10 JPEGs (32 px) from shared/data/cifar10, and the same images upscaled to 224 px and
 re-encoded (JPEG q=90), both written as pool shards (WebDataset tar + metadata Parquet) in a temp dir.
-- Ray Data: `build_train_dataset` (pool only: top_fraction=1, p=1; read+decode tasks, `workers` at a
-  time with 1 CPU each) consumed with `iter_torch_batches` on the driver. Selection runs before timing.
+- Ray Data: `build_train_dataset` (pool only: top_fraction=1, p=1; shard read tasks, then decode tasks,
+  `workers` at a time with 1 CPU each) consumed with `iter_torch_batches` on the driver. Selection runs
+  before timing.
 - DataLoader: an IterableDataset over the same tar shards (split across `workers` processes) calling the
   same `augment_image` (RandomResizedCrop to the source size, flip, normalise); default collate.
 Throughput = images / wall seconds of one full pass, median of `repeats` passes after one warm-up pass
@@ -141,6 +142,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     torch.set_num_threads(1)
+    load0 = round(os.getloadavg()[0], 2)  # other processes on the machine make the figures noisy
     cases = [("cifar10-32px", args.n32, 32), ("cifar10-upscaled-224px", args.n224, 224)]
     with tempfile.TemporaryDirectory() as tmp:
         pools = {name: _make_pool(n, size, Path(tmp), 4 * args.workers) for name, n, size in cases}
@@ -150,6 +152,7 @@ def main() -> None:
         ray.data.DataContext.get_current().enable_progress_bars = False
         results = [_bench(name, pools[name], size, args) for name, _, size in cases]
     print(json.dumps({"benchmark": "data_ingest", "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
+                      "load_avg_1m": {"start": load0, "end": round(os.getloadavg()[0], 2)},
                       "workers": args.workers, "batch_size": args.batch, "ray_compute": args.compute,
                       "ray": ray.__version__, "torch": torch.__version__, "results": results}, indent=2))
     ray.shutdown()

@@ -110,11 +110,12 @@ class AugmentConfig(_Strict):
 class DecodeConfig(_Strict):
     """Decode + augment stage in Ray Data."""
 
-    compute: Literal["tasks", "actors"] = Field("tasks", description="task pool (fuses with reads) or actor pool")
-    concurrency: int = Field(2, ge=1, description="decode tasks/actors running at once")
+    compute: Literal["fused", "tasks", "actors"] = Field(
+        "fused", description="fused: decode inside the shard read tasks; tasks/actors: a separate decode pool")
+    concurrency: int = Field(2, ge=1, description="decode tasks/actors (fused: read+decode tasks) at once")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task/actor")
     batch_size: int = Field(64, ge=1)
-    read_concurrency: int = Field(2, ge=1, description="shard read tasks running at once")
+    read_concurrency: int = Field(2, ge=1, description="shard read tasks at once (tasks/actors modes)")
     read_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per read task (mostly I/O; 0 so reads never wait behind decode actors)")
     read_chunk: int = Field(256, ge=1, description="rows per block emitted by a shard reader")
 

@@ -13,78 +13,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
-from pipelines.data.augment import augment_image
-from pipelines.data.config import AugmentConfig, DataConfig
+from pipelines.data.config import DataConfig
+from pipelines.data.decode import DecodeActor, QualityTracker, decode_batch
 from pipelines.data.formats import PoolShard, list_pool_shards
 from pipelines.data.plan import CuratedSource, EpochPlan, curated_source, plan_epoch
 from pipelines.data.raytools import ensure_ray
-from pipelines.data.reader import ReadContext, mixed_datasource, report_bad
+from pipelines.data.reader import ReadContext, mixed_datasource
 from pipelines.data.select import Selection, select_pool
 from pipelines.data.storage import filesystem
 
-__all__ = ["build_train_dataset", "iter_torch_batches", "build_epoch", "BuiltEpoch", "decode_batch",
-           "QualityTracker"]
+__all__ = ["build_train_dataset", "iter_torch_batches", "build_epoch", "BuiltEpoch"]
 
 _SELECTIONS: dict[str, Selection] = {}
-
-
-class QualityTracker:
-    """Counts skipped samples per shard and reason (unique slots, so re-reading an epoch does not
-    double-count) and says when a shard passes `max_bad_fraction` of the samples it feeds this epoch."""
-
-    def __init__(self, expected: dict[str, int], max_bad_fraction: float):
-        self.expected, self.max_bad = expected, max_bad_fraction
-        self.bad: dict[str, dict[str, set[int]]] = {}
-
-    def report(self, shard: str, reason: str, slots: list[int]) -> str | None:
-        self.bad.setdefault(shard, {}).setdefault(reason, set()).update(slots)
-        n_bad = sum(len(s) for s in self.bad[shard].values())
-        total = max(self.expected.get(shard, n_bad), 1)
-        if n_bad > self.max_bad * total:
-            kind, _, name = shard.partition(":")
-            what = "pool shard" if kind == "pool" else "curated file"
-            reasons = ", ".join(f"{len(s)} {r}" for r, s in sorted(self.bad[shard].items()))
-            return (f"{what} {name!r}: {n_bad} of {total} samples are unusable ({reasons}), more than "
-                    f"data.max_bad_fraction={self.max_bad}")
-        return None
-
-    def summary(self) -> dict:
-        by_reason: dict[str, int] = {}
-        for reasons in self.bad.values():
-            for r, s in reasons.items():
-                by_reason[r] = by_reason.get(r, 0) + len(s)
-        by_shard = {sh: {r: len(s) for r, s in rs.items()} for sh, rs in self.bad.items()}
-        return {"by_reason": by_reason, "by_shard": by_shard}
-
-
-def decode_batch(batch: dict[str, np.ndarray], *, img_size: int, aug: AugmentConfig, tracker,
-                 keep_source: bool = False) -> dict[str, np.ndarray]:
-    """Ray Data UDF: encoded rows -> {"image": (B, 3, S, S) float32}; undecodable rows are skipped."""
-    out, ok, bad = [], [], {}
-    for data, seed, shard, slot in zip(batch["image"], batch["aug_seed"], batch["shard"], batch["slot"]):
-        try:
-            out.append(augment_image(data, img_size, aug, int(seed)))
-            ok.append(True)
-        except Exception:  # noqa: BLE001 - any decoder failure means a corrupt sample
-            bad.setdefault(str(shard), []).append(int(slot))
-            ok.append(False)
-    if bad:
-        report_bad(tracker, bad, "corrupt_image")
-    images = np.stack(out) if out else np.zeros((0, 3, img_size, img_size), dtype=np.float32)
-    result = {"image": images}
-    if keep_source:
-        result["is_pool"] = np.asarray(batch["is_pool"])[np.asarray(ok, dtype=bool)]
-    return result
-
-
-class _DecodeActor:
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-
-    def __call__(self, batch):
-        return decode_batch(batch, **self.kwargs)
 
 
 @dataclass
@@ -117,18 +57,22 @@ def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
     sel = _selection(cfg, shards, fresh_selection)
     plan = plan_epoch(cfg, sel, cur, seed, epoch)
     tracker = ray.remote(num_cpus=0)(QualityTracker).remote(plan.expected, cfg.max_bad_fraction)
-    ctx = ReadContext(fs, sel.score_column, sel.threshold, cur, seed, epoch, cfg.mix.pool_probability,
-                      cfg.mix.window, cfg.decode.read_chunk, tracker)
     d = cfg.decode
-    ds = ray.data.read_datasource(mixed_datasource(plan.tasks, ctx), override_num_blocks=len(plan.tasks),
-                                  num_cpus=d.read_num_cpus, compute=TaskPoolStrategy(size=d.read_concurrency))
-    kwargs = {"img_size": img_size, "aug": cfg.augment, "tracker": tracker, "keep_source": keep_source}
+    kwargs = {"img_size": img_size, "aug": cfg.augment, "keep_source": keep_source}
+    fused = d.compute == "fused"
+    ctx = ReadContext(fs, sel.score_column, sel.threshold, cur, seed, epoch, cfg.mix.pool_probability,
+                      cfg.mix.window, d.batch_size if fused else d.read_chunk, tracker, kwargs if fused else None)
+    ds = ray.data.read_datasource(
+        mixed_datasource(plan.tasks, ctx), override_num_blocks=len(plan.tasks),
+        num_cpus=d.num_cpus if fused else d.read_num_cpus,
+        compute=TaskPoolStrategy(size=d.concurrency if fused else d.read_concurrency))
     if d.compute == "actors":
-        ds = ds.map_batches(_DecodeActor, batch_size=d.batch_size, batch_format="numpy",
-                            fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(size=d.concurrency),
-                            num_cpus=d.num_cpus)
-    else:
-        ds = ds.map_batches(decode_batch, batch_size=d.batch_size, batch_format="numpy", fn_kwargs=kwargs,
+        ds = ds.map_batches(DecodeActor, batch_size=d.batch_size, batch_format="numpy",
+                            fn_constructor_kwargs={**kwargs, "tracker": tracker},
+                            compute=ActorPoolStrategy(size=d.concurrency), num_cpus=d.num_cpus)
+    elif d.compute == "tasks":
+        ds = ds.map_batches(decode_batch, batch_size=d.batch_size, batch_format="numpy",
+                            fn_kwargs={**kwargs, "tracker": tracker},
                             compute=TaskPoolStrategy(size=d.concurrency), num_cpus=d.num_cpus)
     return BuiltEpoch(ds, sel, cur, plan, tracker)
 

@@ -16,13 +16,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipelines.data import formats
-from pipelines.data.errors import BadSamplesError, DataError
+from pipelines.data.decode import decode_batch, report_bad
+from pipelines.data.errors import DataError
 from pipelines.data.mix import CuratedStream, SlotPattern, aug_seeds, row_order
 from pipelines.data.plan import CuratedSource
 from pipelines.data.select import shard_scores
 from pipelines.data.storage import StorageError
 
-__all__ = ["ReadContext", "mixed_datasource", "report_bad"]
+__all__ = ["ReadContext", "mixed_datasource"]
 
 
 @dataclass
@@ -37,16 +38,7 @@ class ReadContext:
     window: int
     chunk: int
     tracker: object  # QualityTracker actor handle
-
-
-def report_bad(tracker, bad: dict[str, list[int]], reason: str) -> None:
-    """Tell the tracker about bad samples (by shard and slot); raise once a shard is past the limit."""
-    import ray
-
-    for shard, slots in bad.items():
-        message = ray.get(tracker.report.remote(shard, reason, slots))
-        if message:
-            raise BadSamplesError(message)
+    decode: dict | None = None  # decode_batch kwargs when decoding inside the read task ("fused")
 
 
 def _pool_images(spec: dict, ctx: ReadContext) -> list[bytes | None]:
@@ -112,9 +104,18 @@ def _read_one(spec: dict, ctx: ReadContext) -> Iterator[pa.Table]:
     seeds = aug_seeds(ctx.seed, ctx.epoch, slots)
     for i in range(0, len(slots), ctx.chunk):
         s = slice(i, i + ctx.chunk)
-        yield pa.table({"image": pa.array(list(images[s]), pa.binary()), "is_pool": pa.array(is_pool[s]),
-                        "shard": pa.array(list(names[s]), pa.string()), "slot": pa.array(slots[s]),
-                        "aug_seed": pa.array(seeds[s])})
+        table = pa.table({"image": pa.array(list(images[s]), pa.binary()), "is_pool": pa.array(is_pool[s]),
+                          "shard": pa.array(list(names[s]), pa.string()), "slot": pa.array(slots[s]),
+                          "aug_seed": pa.array(seeds[s])})
+        yield table if ctx.decode is None else _decoded(table, ctx)
+
+
+def _decoded(table: pa.Table, ctx: ReadContext):
+    """The fused path: decode + augment inside the read task, returned as a block."""
+    from ray.data.block import BlockAccessor
+
+    batch = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
+    return BlockAccessor.batch_to_block(decode_batch(batch, tracker=ctx.tracker, **ctx.decode))
 
 
 _CONTEXTS: dict[str, ReadContext] = {}
