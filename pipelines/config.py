@@ -92,7 +92,7 @@ class ScheduleSection(Strict):
 
 
 class ScalingSection(Strict):
-    num_workers: int = Field(1, ge=0, description="0 runs the loop in the driver process")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (processes), each with its share of the batch")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0)
@@ -158,7 +158,7 @@ class ExperimentConfig(Strict):
         except ValueError as e:  # resolve_config names the field first: "num_heads: ..."
             field, _, msg = str(e).partition(": ")
             raise ValueError(f"model.{field}: {msg}") from None
-        workers = max(self.scaling.num_workers, 1)
+        workers = self.scaling.num_workers
         if self.optim.batch_size % workers:
             raise ValueError(f"optim.batch_size: {self.optim.batch_size} is not divisible by scaling.num_workers={workers}")
         return self

@@ -36,12 +36,12 @@ def plan_resources(spec: SweepSpec, trials: list[Trial], cluster_cpus: float) ->
     runnable = [t for t in trials if t.duplicate_of is None]
     cfg = runnable[0].config
     sc = cfg.scaling
-    per_trial = spec.resources.cpus_per_trial + max(sc.num_workers, 1) * sc.cpus_per_worker
+    per_trial = spec.resources.cpus_per_trial + sc.num_workers * sc.cpus_per_worker
     per_trial += 2 * cfg.data.decode.num_cpus
     fit = max(1, int(math.floor(cluster_cpus / per_trial + 1e-9)))
     # An explicit limit wins: on an autoscaling cluster the resources are not there yet when planning.
     limit = spec.resources.max_concurrent_trials or fit
-    return SweepPlan(runnable, spec.resources.cpus_per_trial, sc.cpus_per_worker, max(sc.num_workers, 1),
+    return SweepPlan(runnable, spec.resources.cpus_per_trial, sc.cpus_per_worker, sc.num_workers,
                      max(1, min(limit, len(runnable))), cluster_cpus, trials)
 
 
@@ -77,7 +77,7 @@ def _run_trial(trial: Trial, parent_run_id: str) -> dict:
             "probe/linear_top1": probes.linear_top1, "run_id": res.run_id}
 
 
-def _trainable(config: dict, trials: dict, parent_run_id: str) -> None:
+def _trainable(config: dict, trials: dict, parent_run_id: str, driver_resources: dict[str, float]) -> None:
     """Tune function trainable. Tune's trial placement group captures child tasks, which would squeeze the
     trial's Ray Data and Train work into the driver's small bundle; the trial's work therefore runs in a
     task scheduled outside the group (it dies with this trial, by Ray's ownership rules)."""
@@ -86,7 +86,8 @@ def _trainable(config: dict, trials: dict, parent_run_id: str) -> None:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     escape = PlacementGroupSchedulingStrategy(placement_group=None)
-    task = ray.remote(_run_trial).options(num_cpus=0, max_retries=0, scheduling_strategy=escape)
+    task = ray.remote(_run_trial).options(num_cpus=0, max_retries=0, scheduling_strategy=escape,
+                                          resources=driver_resources)
     ray.tune.report(ray.get(task.remote(trials[config["trial_id"]], parent_run_id)))
 
 
@@ -98,14 +99,21 @@ def _storage_root(trial: Trial) -> tuple:
 
 def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
     """Fit (or restore and finish) the Tuner. Returns the ResultGrid."""
+    import ray
     import ray.tune
     from ray import tune
 
     uri, parent = open_parent_run(spec, plan.all_trials)
     fs, root = _storage_root(plan.trials[0])
     trials = {t.trial_id: t for t in plan.trials}
-    trainable = tune.with_resources(tune.with_parameters(_trainable, trials=trials, parent_run_id=parent),
-                                    {"cpu": plan.cpus_per_trial})
+    # Clusters from infra/ advertise TRAIN_DRIVER on the on-demand head only: trial drivers go there, never
+    # onto spot GPU nodes whose reclaim would kill them.
+    from pipelines.submit import DRIVER_RESOURCE
+
+    driver = {DRIVER_RESOURCE: 0.01} if ray.cluster_resources().get(DRIVER_RESOURCE) else {}
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, trials=trials, parent_run_id=parent, driver_resources=driver),
+        tune.PlacementGroupFactory([{"CPU": plan.cpus_per_trial, **driver}]))
     path = f"{root.rstrip('/')}/sweeps/{spec.name}"
     if resume and ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
         tuner = ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
@@ -119,7 +127,10 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
                                           storage_filesystem=fs, verbose=1,
                                           failure_config=ray.tune.FailureConfig(max_failures=1)),
         )
-    results = tuner.fit()
+    from pipelines.data.storage import credentials_hidden_from_ray
+
+    with credentials_hidden_from_ray():  # else Tune puts them in every trial's runtime_env (dashboard, State API)
+        results = tuner.fit()
     tracking.client(uri).update_run(parent, status="FINISHED" if not results.errors else "FAILED")
     return results, uri, parent
 

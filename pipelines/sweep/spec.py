@@ -15,6 +15,7 @@ resources: {max_concurrent_trials: null, cpus_per_trial: 0.25}
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -87,7 +88,10 @@ class Trial:
     duplicate_of: str | None = None  # one-at-a-time value identical to the base: reuses the base's results
 
     def fingerprint(self) -> str:
+        """What the trial computes: the config without its name/tags, with the *resolved* model (so
+        `head: mlp` on a preset whose head is already mlp is the same trial)."""
         data = self.config.model_dump(mode="json", exclude={"name", "tags"})
+        data["model"] = dataclasses.asdict(self.config.aim_config())
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -123,15 +127,22 @@ def plan_trials(spec: SweepSpec, source: Path) -> list[Trial]:
     base = _base_data(spec, source)
     if spec.mode == "grid":
         names = list(spec.axes)
-        return [_trial(spec, source, base, dict(zip(names, combo)), "grid", ",".join(combo))
-                for combo in itertools.product(*(list(spec.axes[a]) for a in names))]
+        return _mark_duplicates([_trial(spec, source, base, dict(zip(names, combo)), "grid", ",".join(combo))
+                                 for combo in itertools.product(*(list(spec.axes[a]) for a in names))])
     trials = [_trial(spec, source, base, {}, "base", "base")]
-    base_fp = trials[0].fingerprint()
     for axis, values in spec.axes.items():
         for value in values:
-            t = _trial(spec, source, base, {axis: value}, axis, value)
-            t.duplicate_of = "base" if t.fingerprint() == base_fp else None
-            trials.append(t)
+            trials.append(_trial(spec, source, base, {axis: value}, axis, value))
+    return _mark_duplicates(trials)
+
+
+def _mark_duplicates(trials: list[Trial]) -> list[Trial]:
+    """A trial that computes exactly what an earlier one does runs once; the report reuses that run."""
+    seen: dict[str, str] = {}
+    for t in trials:
+        fp = t.fingerprint()
+        t.duplicate_of = seen.get(fp)
+        seen.setdefault(fp, t.trial_id)
     return trials
 
 

@@ -48,6 +48,18 @@ def test_planning_dedups_base_value(demo_data, tmp_path):
     assert trials[2].config.target.name == "pixel" and trials[2].config.tags["axis"] == "target"
 
 
+def test_planning_dedups_on_the_resolved_config(demo_data, tmp_path):
+    """`head: mlp` on a preset whose head is already mlp, or the same config reached from two axes, runs once."""
+    path = _sweep_file(demo_data, tmp_path, "dups", 4)
+    spec = yaml.safe_load(path.read_text())
+    spec["axes"] = {"head": {"mlp": {"model.head": "mlp"}, "none": {"model.head": "none"}},
+                    "shape": {"narrow": {"model.head": "none"}}}
+    path.write_text(yaml.safe_dump(spec))
+    _, trials = load_sweep(path)
+    assert {t.trial_id: t.duplicate_of for t in trials} == {
+        "base": None, "head=mlp": "base", "head=none": None, "shape=narrow": "head=none"}
+
+
 def test_two_trial_sweep_end_to_end(ray_local, demo_data, tmp_path):
     from pipelines.sweep.report import write_report
     from pipelines.sweep.runner import plan_resources, run_sweep
@@ -76,12 +88,12 @@ def _aimctl(*args, env=None, **kw):
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=env, start_new_session=True, **kw)
 
 
-def test_killed_sweep_resumes_without_duplicate_runs(demo_data, tmp_path):
-    """SIGKILL the sweep driver once a trial has checkpointed; --resume finishes, one child run per trial."""
+def test_killed_sweep_resumes_without_duplicate_runs(ray_local, demo_data, tmp_path):
+    """SIGKILL the sweep driver (`aimctl sweep`, attached to the running cluster) once a trial has
+    checkpointed; `--resume` finishes every trial, with exactly one child run per trial."""
     path = _sweep_file(demo_data, tmp_path, "killed", 40)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     log = open(tmp_path / "first.log", "w")
     proc = _aimctl("sweep", str(path), env=env, stdout=log, stderr=subprocess.STDOUT)
     runs = tmp_path / "runs"
