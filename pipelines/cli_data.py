@@ -29,19 +29,11 @@ def _s3(endpoint_url: str | None, region: str | None):
 
 
 def _data_error(e: BaseException) -> str | None:
-    """The user-facing message of a data/storage error, also when Ray wrapped it in a task error."""
-    from pipelines.data.errors import DataError
-    from pipelines.data.storage import StorageError
+    """The user-facing message of a data/storage error, also when Ray wrapped it in a task error (the last
+    line of the text is no longer the message: Ray Data appends retry notes): see cli_common.user_error."""
+    from pipelines.cli_common import user_error
 
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, (DataError, StorageError)):
-            text = str(e).strip().splitlines()
-            return next((line.split(": ", 1)[1] if line.startswith(type(e).__name__ + ": ") else line
-                         for line in reversed(text) if line.strip()), type(e).__name__)
-        e = e.__cause__ or e.__context__
-    return None
+    return user_error(e)
 
 
 @app.command()

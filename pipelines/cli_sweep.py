@@ -29,11 +29,13 @@ def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML, e.g. experime
         import os
 
         cluster_cpus = float(os.cpu_count() or 2)
-    if cluster_cpus is None:
+    if not dry_run:  # always here, not inside Tune: a local cluster must start with this environment's credentials
         from pipelines.train.driver import init_ray
-        import ray
 
         init_ray(address)
+    if cluster_cpus is None:
+        import ray
+
         cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
     plan = plan_resources(spec, trials, cluster_cpus)
     _print_plan(spec, trials, plan)

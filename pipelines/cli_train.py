@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipelines.cli_common import console, fail, load_or_exit
+from pipelines.cli_common import console, fail, load_or_exit, user_error
 
 SET_HELP = "override a config value, e.g. --set optim.lr=5e-4 (repeatable)"
 
@@ -21,10 +21,28 @@ def pretrain(experiment: Path = typer.Argument(..., help="experiment YAML, e.g. 
     from pipelines.train.driver import init_ray, pretrain as run
 
     init_ray(address)
-    res = run(cfg, stop_after=stop_after)
+    try:
+        res = run(cfg, stop_after=stop_after)
+    except Exception as e:  # noqa: BLE001 - data, storage and training errors become one line (exit 1)
+        msg = user_error(e)
+        if msg is None:
+            raise
+        fail(msg + _resume_hint(cfg), code=1)
     verb = f"resumed from step {res.resumed_from}, " if res.resumed_from else ""
     console.print(f"[green]pretrain[/] {cfg.name}: {verb}at step {res.step}; checkpoint {res.checkpoint_uri}; "
                   f"MLflow run {res.run_id}", highlight=False)
+
+
+def _resume_hint(cfg) -> str:
+    from pipelines.train.driver import latest_checkpoint
+
+    try:
+        path, meta = latest_checkpoint(cfg)
+    except Exception:  # noqa: BLE001 - the hint is best effort (storage may be the thing that failed)
+        return ""
+    if path and cfg.storage.path.startswith("s3://"):
+        path = f"s3://{path}"
+    return f" [latest checkpoint: step {meta.get('step')} at {path}; rerun to resume]" if path else ""
 
 
 def probe(experiment: Path = typer.Argument(..., help="the experiment YAML the checkpoint was trained with"),

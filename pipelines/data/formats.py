@@ -65,7 +65,12 @@ def iter_wds(fs: pafs.FileSystem, path: str, exts: set[str] | None = None) -> It
         stream = fs.open_input_stream(path)
     except OSError as e:
         raise storage.storage_error(e, fs, path, "opening shard") from None
-    with stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|")
+    except tarfile.TarError as e:  # zero bytes, or not a tar at all (a cut-off tar still opens)
+        stream.close()
+        raise DataError(f"{storage.display(fs, path)}: not a readable tar ({e})") from None
+    with stream, tar:
         key, files = None, {}
         for member in tar:
             if not member.isfile():
@@ -111,6 +116,8 @@ def read_metadata(fs: pafs.FileSystem, path: str, columns: list[str]) -> pa.Tabl
             if missing:
                 raise DataError(f"{storage.display(fs, path)}: no column {missing[0]!r} (has {', '.join(names)})")
             return pf.read(columns=columns)
+    except pa.ArrowInvalid as e:  # zero bytes, or not Parquet
+        raise DataError(f"{storage.display(fs, path)}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     except OSError as e:
         raise storage.storage_error(e, fs, path, "reading metadata") from None
 

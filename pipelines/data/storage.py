@@ -8,6 +8,7 @@ rephrased without credentials. Paths on an S3 filesystem are `bucket/key` (no sc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ import pyarrow.fs as pafs
 
 from pipelines.data.config import S3Config
 
-__all__ = ["StorageError", "RetryingS3FileSystem", "retry_attempts", "resolve", "filesystem", "is_s3", "display", "list_dir", "read_bytes",
+__all__ = ["StorageError", "RetryingS3FileSystem", "retry_attempts", "credentials_hidden_from_ray", "resolve", "filesystem", "is_s3", "display", "list_dir", "read_bytes",
            "write_bytes", "exists", "storage_error"]
 
 _AUTH_CODES = ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "EXPIRED_TOKEN",
@@ -91,6 +92,24 @@ def _env_keys() -> dict:
     if key and secret:
         return {"access_key": key, "secret_key": secret, "session_token": os.environ.get("AWS_SESSION_TOKEN")}
     return {}
+
+
+CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+@contextlib.contextmanager
+def credentials_hidden_from_ray():
+    """Take the AWS credential variables out of this process's environment for the duration (restored after).
+
+    Ray Tune copies them from the driver's environment into every trial actor's `runtime_env.env_vars`, which
+    Ray's State API and dashboard then show in clear to anyone who can reach it. Filesystems built before
+    keep their keys; the workers of a local cluster inherit the variables from the raylet (started with them),
+    and on a remote cluster credentials come from the cluster's own environment, as everywhere else."""
+    saved = {k: os.environ.pop(k) for k in CREDENTIAL_VARS if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def s3_filesystem(s3: S3Config | None = None, keys_in_pickle: bool = True) -> pafs.S3FileSystem:

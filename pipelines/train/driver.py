@@ -15,7 +15,7 @@ import yaml
 from pipelines import tracking
 from pipelines.config import ExperimentConfig, flatten
 from pipelines.train.checkpoint import META_FILE, STATE_FILE
-from pipelines.train.loop import LoopArgs, train_loop_per_worker
+from pipelines.train.loop import LoopArgs, test_hooks_from_env, train_loop_per_worker
 
 __all__ = ["PretrainResult", "pretrain", "latest_checkpoint"]
 
@@ -36,8 +36,25 @@ def _storage(cfg: ExperimentConfig):
     return fs, path
 
 
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it registered
+
+
+def _registered(fs, base: str) -> set[str] | None:
+    """Checkpoint directory names Ray Train registered for this run, or None if it has no snapshot (yet)."""
+    try:
+        with fs.open_input_stream(f"{base}/{SNAPSHOT_FILE}") as f:
+            snap = json.loads(f.read())
+        return {r["checkpoint_dir_name"] for r in snap.get("checkpoint_results", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def latest_checkpoint(cfg: ExperimentConfig) -> tuple[str | None, dict]:
-    """The checkpoint with the highest step under <storage>/<name>, with its meta (no state loaded)."""
+    """The checkpoint with the highest step under <storage>/<name>, with its meta (no state loaded).
+
+    Only checkpoints Ray Train registered count when it has written its snapshot: a directory uploaded by a
+    worker (or driver) killed before the controller registered it may be incomplete, and Ray Train itself
+    resumes from the registered one."""
     import pyarrow.fs as pafs
 
     fs, root = _storage(cfg)
@@ -47,10 +64,13 @@ def latest_checkpoint(cfg: ExperimentConfig) -> tuple[str | None, dict]:
         infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     except OSError:
         return None, {}
+    registered = _registered(fs, base) if any(i.base_name == SNAPSHOT_FILE for i in infos) else None
     best, best_meta = None, {}
     for info in infos:
         if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
             continue
+        if registered is not None and info.base_name not in registered:
+            continue  # never registered: possibly half-written
         try:
             with fs.open_input_stream(f"{info.path}/{META_FILE}") as f:
                 meta = json.loads(f.read())
@@ -203,7 +223,8 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     ds = build_train_dataset(cfg.data, img, cfg.seed)
     target_state = None if ckpt else _fit_target(cfg, ds)
     args = LoopArgs(experiment=cfg.model_dump(mode="json"), run_id=run_id, tracking_uri=uri,
-                    skip_log_until=logged, stop_after=stop_after, target_state=target_state)
+                    skip_log_until=logged, stop_after=stop_after, target_state=target_state,
+                    extra={"test_hooks": test_hooks_from_env()} if test_hooks_from_env() else {})
     stop = threading.Event()
     bar = threading.Thread(target=_progress, args=(uri, run_id, cfg.schedule.steps, stop), daemon=True)
     if show_progress:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,12 +18,27 @@ from pipelines.train.checkpoint import TrainState, load_state, save_state
 from pipelines.train.optim import build_optimizer, build_scheduler
 from pipelines.train.state_io import full_state, restore
 
-__all__ = ["LoopArgs", "train_loop_per_worker", "NonFiniteLoss"]
+__all__ = ["LoopArgs", "train_loop_per_worker", "TrainingError", "NonFiniteLoss", "test_hooks_from_env"]
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
 
+# Fault-injection hooks for tests/reliability ONLY. Read from the driver's environment by `pretrain` and
+# handed to the workers in `LoopArgs.extra["test_hooks"]`; never set them in real runs.
+#   AIM_TEST_WORKER_PID_FILE=PATH  rank 0 appends "PID STEP" to PATH each time it (re)starts
+#   AIM_TEST_NAN_AT_STEP=N         the loss of step N (1-based) is multiplied by NaN before backward
+TEST_HOOK_ENV = {"AIM_TEST_WORKER_PID_FILE": ("pid_file", str), "AIM_TEST_NAN_AT_STEP": ("nan_at_step", int)}
 
-class NonFiniteLoss(RuntimeError):
+
+def test_hooks_from_env(env: dict | None = None) -> dict:
+    env = os.environ if env is None else env
+    return {key: cast(env[var]) for var, (key, cast) in TEST_HOOK_ENV.items() if env.get(var)}
+
+
+class TrainingError(RuntimeError):
+    """A training failure with a message meant for the user (the CLI prints it as one line)."""
+
+
+class NonFiniteLoss(TrainingError):
     pass
 
 
@@ -61,9 +76,13 @@ class _Logger:
     def __init__(self, args: LoopArgs, rank: int) -> None:
         self.logger = None
         if rank == 0 and args.run_id and args.tracking_uri:
-            from pipelines.tracking import MetricLogger, client
+            from pipelines.tracking import MetricLogger, client, last_logged_step
 
-            self.logger = MetricLogger(client(args.tracking_uri), args.run_id, args.skip_log_until)
+            c = client(args.tracking_uri)
+            # After a worker failure Ray Train restarts this function from the last checkpoint: steps the
+            # failed attempt already logged are skipped, so the history never holds a step twice.
+            skip = max(args.skip_log_until, last_logged_step(c, args.run_id))
+            self.logger = MetricLogger(c, args.run_id, skip)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.logger is not None:
@@ -91,6 +110,10 @@ def train_loop_per_worker(raw_args: dict) -> None:
         with ckpt.as_directory() as d:
             state = restore(load_state(d), model, optimizer, scheduler, generator, strategy)
     scheduler.step_update(state.step)
+    hooks = args.extra.get("test_hooks", {})
+    if rank == 0 and hooks.get("pid_file"):
+        with open(hooks["pid_file"], "a") as f:
+            f.write(f"{os.getpid()} {state.step}\n")
     _run(cfg, args, model, forward, optimizer, scheduler, generator, state, device, strategy, rank, world)
 
 
@@ -114,7 +137,7 @@ def _batches(cfg: ExperimentConfig, state: TrainState, per_worker: int, rank: in
             state.batches_in_epoch = i + 1
             yield batch["image"]
         if produced == 0:
-            raise RuntimeError(f"the training data has fewer than one batch of {per_worker} images per worker")
+            raise TrainingError(f"the training data has fewer than one batch of {per_worker} images per worker")
         state.epoch += 1
         state.batches_in_epoch = 0
 
@@ -125,9 +148,11 @@ def _run(cfg, args, model, forward, optimizer, scheduler, generator, state, devi
     log = _Logger(args, rank)
     flops = model.flops_per_image()["train"]
     peak = _peak_flops(device)
-    last_ckpt = state.step
+    last_ckpt = state.step  # the checkpoint this attempt started from (0: none)
+    nan_at = args.extra.get("test_hooks", {}).get("nan_at_step")
     loss_sum = torch.zeros((), device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)
+    first_bad = torch.zeros((), dtype=torch.int64, device=device)  # first step with a non-finite loss here
     n_since, t0 = 0, time.perf_counter()
     for images in _batches(cfg, state, per_worker, rank):
         if state.step >= cfg.schedule.steps or (args.stop_after and state.step >= args.stop_after):
@@ -137,22 +162,26 @@ def _run(cfg, args, model, forward, optimizer, scheduler, generator, state, devi
         with parallel.autocast(bf16, device):
             preds = forward(images, prefix_len)
         out = model.loss_from_predictions(images, preds, prefix_len)
+        loss_t = out.loss * float("nan") if nan_at == state.step + 1 else out.loss  # test hook only
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss_t.backward()
         clip = cfg.optim.clip_grad or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         state.step += 1
         scheduler.step_update(state.step)
-        loss_sum += out.loss.detach()
-        bad |= ~torch.isfinite(out.loss.detach())
+        loss_sum += loss_t.detach()
+        step_bad = ~torch.isfinite(loss_t.detach())
+        first_bad = torch.where(step_bad & ~bad, torch.full_like(first_bad, state.step), first_bad)
+        bad |= step_bad
         n_since += 1
         done = state.step >= cfg.schedule.steps or (args.stop_after and state.step >= args.stop_after)
-        if state.step % cfg.tracking.log_every == 0 or done:
+        log_now = state.step % cfg.tracking.log_every == 0 or done
+        ckpt_now = state.step % cfg.storage.checkpoint_every == 0 or done
+        if log_now or ckpt_now:  # every checkpoint is preceded by this check, whatever log_every is
+            _check_finite(model if ckpt_now else None, bad, first_bad, state.step, last_ckpt, world)
+        if log_now:
             loss = _reduce_mean(loss_sum / n_since, world)
-            if bool(_reduce_any(bad, world)) or not math.isfinite(loss):
-                raise NonFiniteLoss(f"non-finite loss at step {state.step}; last good checkpoint is step {last_ckpt}"
-                                    " (lower optim.lr or enable clipping, then rerun to resume from it)")
             dt = time.perf_counter() - t0
             ips = n_since * cfg.optim.batch_size / dt
             metrics = {"train/loss": loss, "train/lr": optimizer.param_groups[0]["lr"],
@@ -164,11 +193,33 @@ def _run(cfg, args, model, forward, optimizer, scheduler, generator, state, devi
             log.log(metrics, state.step)
             loss_sum.zero_()
             n_since, t0 = 0, time.perf_counter()
-        if state.step % cfg.storage.checkpoint_every == 0 or done:
+        if ckpt_now:
             _checkpoint(model, optimizer, scheduler, generator, state, strategy, rank)
             last_ckpt = state.step
     if state.step < cfg.schedule.steps and not (args.stop_after and state.step >= args.stop_after):
-        raise RuntimeError(f"the data ran out at step {state.step} of {cfg.schedule.steps}")
+        raise TrainingError(f"the data ran out at step {state.step} of {cfg.schedule.steps}")
+
+
+def _params_finite(model) -> torch.Tensor:
+    """True if every parameter (this rank's shard under FSDP) is finite; a 0-d bool tensor."""
+    checks = [torch.isfinite((p.to_local() if hasattr(p, "to_local") else p).detach()).all()
+              for p in model.parameters()]
+    return torch.stack(checks).all().cpu() if checks else torch.ones((), dtype=torch.bool)
+
+
+def _check_finite(model, bad: torch.Tensor, first_bad: torch.Tensor, step: int, last_ckpt: int, world: int) -> None:
+    """Collective: raise NonFiniteLoss on every rank if any rank saw a non-finite loss since the run (re)started,
+    or (with `model`, before a checkpoint) holds a non-finite weight. Nothing poisoned is ever checkpointed."""
+    flag = bad.cpu()
+    if model is not None:
+        flag = flag | ~_params_finite(model)
+    if not bool(_reduce_any(flag.to(bad.device), world)):
+        return
+    first = int(first_bad)
+    what = f"non-finite loss at step {first}" if first else "non-finite loss or weights"
+    where = f"step {last_ckpt}" if last_ckpt else "none (no checkpoint was written yet)"
+    raise NonFiniteLoss(f"{what}; stopped at step {step} without writing a checkpoint; last good checkpoint: "
+                        f"{where}. Lower optim.lr or set optim.clip_grad, then rerun to resume from it")
 
 
 def _reduce_mean(x: torch.Tensor, world: int) -> float:
