@@ -4,14 +4,15 @@
 
 Inputs: CIFAR-10 JPEGs (32 px) from shared/data/cifar10, and the same images upscaled to 224 px and
 re-encoded (JPEG q=90), both written as pool shards (WebDataset tar + metadata Parquet) in a temp dir.
-- Ray Data: `build_train_dataset` (pool only: top_fraction=1, p=1; shard read tasks, then decode tasks,
-  `workers` at a time with 1 CPU each) consumed with `iter_torch_batches` on the driver. Selection runs
-  before timing.
+- Ray Data: `build_train_dataset` (pool only: top_fraction=1, p=1; `--compute fused`: each shard read
+  task decodes its rows, `workers` tasks at a time with 1 CPU each) consumed with `iter_torch_batches`
+  on the driver. Selection runs before timing.
 - DataLoader: an IterableDataset over the same tar shards (split across `workers` processes) calling the
   same `augment_image` (RandomResizedCrop to the source size, flip, normalise); default collate.
-Throughput = images / wall seconds of one full pass, median of `repeats` passes after one warm-up pass
-each (DataLoader with persistent workers; Ray reuses its worker processes); passes alternate between the
-two so that load from other processes hits both alike. Prints JSON with images/s and the ratio.
+Throughput = images / wall seconds of one full pass (an epoch: Ray's includes building the dataset's
+execution; the DataLoader's persistent workers are already running), median of `repeats` passes after a
+warm-up; also "steady" images/s after each pass's first batch. Passes alternate between the two so
+that load from other processes hits both alike. Prints JSON with images/s and the ratios.
 """
 
 from __future__ import annotations
@@ -60,14 +61,23 @@ def _make_pool(n: int, size: int, tmp: Path, shards: int) -> str:
     return str(pool)
 
 
-def _ray_pass(cfg, size: int, batch: int) -> tuple[int, float]:
+def _timed(batches) -> tuple[int, float, float]:
+    """(images, seconds for the pass, images/s after the first batch) over an iterator of (B, ...) tensors."""
+    t0, n, first = time.perf_counter(), 0, None
+    for images in batches:
+        if first is None:
+            first = (time.perf_counter(), images.shape[0])
+        n += images.shape[0]
+    end = time.perf_counter()
+    steady = (n - first[1]) / (end - first[0]) if first and end > first[0] else 0.0
+    return n, end - t0, steady
+
+
+def _ray_pass(cfg, size: int, batch: int) -> tuple[int, float, float]:
     from pipelines.data import build_train_dataset, iter_torch_batches
 
     ds = build_train_dataset(cfg, size, seed=0)
-    t0, n = time.perf_counter(), 0
-    for images in iter_torch_batches(ds, batch_size=batch, drop_last=False):
-        n += images.shape[0]
-    return n, time.perf_counter() - t0
+    return _timed(iter_torch_batches(ds, batch_size=batch, drop_last=False))
 
 
 def _loader(pool: str, size: int, batch: int, workers: int, aug):
@@ -75,11 +85,8 @@ def _loader(pool: str, size: int, batch: int, workers: int, aug):
     return torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, persistent_workers=True)
 
 
-def _loader_pass(loader) -> tuple[int, float]:
-    t0, n = time.perf_counter(), 0
-    for images in loader:
-        n += images.shape[0]
-    return n, time.perf_counter() - t0
+def _loader_pass(loader) -> tuple[int, float, float]:
+    return _timed(iter(loader))
 
 
 class _TarImages(torch.utils.data.IterableDataset):
@@ -111,11 +118,15 @@ def _config(pool: str, args):
         "decode": {"concurrency": args.workers, "num_cpus": 1, "batch_size": args.batch, "compute": args.compute}})
 
 
-def _bench(name: str, pool: str, size: int, args) -> dict:
-    """Warm both up (selection, worker processes), then alternate passes so load changes hit both."""
+def _summary(runs: list[tuple[int, float, float]]) -> tuple[float, float]:
+    """Median images/s per pass, median steady-state images/s (after the first batch)."""
+    return float(np.median([n / t for n, t, _ in runs])), float(np.median([st for _, _, st in runs]))
+
+
+def _bench(name: str, pool: str, size: int, loader, args) -> dict:
+    """Alternate passes (DataLoader, Ray Data) so that load from other processes hits both alike."""
     cfg = _config(pool, args)
-    loader = _loader(pool, size, args.batch, args.workers, cfg.augment)
-    _ray_pass(cfg, size, args.batch), _loader_pass(loader)
+    _ray_pass(cfg, size, args.batch)  # warm-up: selection, Ray worker processes
     ray_runs, dl_runs = [], []
     for _ in range(args.repeats):
         dl_runs.append(_loader_pass(loader))
@@ -123,11 +134,12 @@ def _bench(name: str, pool: str, size: int, args) -> dict:
         print(f"{name}: dataloader {dl_runs[-1][1]:.2f}s, ray {ray_runs[-1][1]:.2f}s for {ray_runs[-1][0]} images",
               file=sys.stderr, flush=True)
     assert ray_runs[0][0] == dl_runs[0][0], "both pipelines must see every image"
-    ray_ips = float(np.median([n / s for n, s in ray_runs]))
-    dl_ips = float(np.median([n / s for n, s in dl_runs]))
+    (ray_ips, ray_steady), (dl_ips, dl_steady) = _summary(ray_runs), _summary(dl_runs)
     return {"images": name, "n": ray_runs[0][0], "ray_data_img_s": round(ray_ips, 1),
             "dataloader_img_s": round(dl_ips, 1), "ratio": round(ray_ips / dl_ips, 3),
-            "ray_pass_s": [round(s, 2) for _, s in ray_runs], "dataloader_pass_s": [round(s, 2) for _, s in dl_runs]}
+            "steady_ray_data_img_s": round(ray_steady, 1), "steady_dataloader_img_s": round(dl_steady, 1),
+            "steady_ratio": round(ray_steady / dl_steady, 3) if dl_steady else None,
+            "ray_pass_s": [round(t, 2) for _, t, _ in ray_runs], "dataloader_pass_s": [round(t, 2) for _, t, _ in dl_runs]}
 
 
 def main() -> None:
@@ -137,7 +149,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--compute", choices=["tasks", "actors"], default="tasks")
+    p.add_argument("--compute", choices=["fused", "tasks", "actors"], default="fused")
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -146,11 +158,17 @@ def main() -> None:
     cases = [("cifar10-32px", args.n32, 32), ("cifar10-upscaled-224px", args.n224, 224)]
     with tempfile.TemporaryDirectory() as tmp:
         pools = {name: _make_pool(n, size, Path(tmp), 4 * args.workers) for name, n, size in cases}
+        aug = _config(str(CIFAR), args).augment
+        # DataLoader workers are forked (persistent) before Ray starts: forked after ray.init, a worker
+        # deadlocked here on a lock held by one of the driver's threads at fork time.
+        loaders = {name: _loader(pools[name], size, args.batch, args.workers, aug) for name, _, size in cases}
+        for loader in loaders.values():
+            _loader_pass(loader)
         import ray
 
         ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="error", log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        results = [_bench(name, pools[name], size, args) for name, _, size in cases]
+        results = [_bench(name, pools[name], size, loaders[name], args) for name, _, size in cases]
     print(json.dumps({"benchmark": "data_ingest", "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
                       "load_avg_1m": {"start": load0, "end": round(os.getloadavg()[0], 2)},
                       "workers": args.workers, "batch_size": args.batch, "ray_compute": args.compute,

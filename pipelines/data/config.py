@@ -118,6 +118,8 @@ class DecodeConfig(_Strict):
     read_concurrency: int = Field(2, ge=1, description="shard read tasks at once (tasks/actors modes)")
     read_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per read task (mostly I/O; 0 so reads never wait behind decode actors)")
     read_chunk: int = Field(256, ge=1, description="rows per block emitted by a shard reader")
+    block_rows: int = Field(256, ge=1, description="target images per output block: smaller blocks reach the "
+                                                   "trainer sooner (first batch), larger ones cost less per image")
 
 
 class DataConfig(_Strict):

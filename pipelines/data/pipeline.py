@@ -74,6 +74,8 @@ def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
         ds = ds.map_batches(decode_batch, batch_size=d.batch_size, batch_format="numpy",
                             fn_kwargs={**kwargs, "tracker": tracker},
                             compute=TaskPoolStrategy(size=d.concurrency), num_cpus=d.num_cpus)
+    # Ray Data cuts output blocks by bytes: aim for ~block_rows decoded images (this dataset's context only)
+    ds.context.target_max_block_size = d.block_rows * 3 * img_size * img_size * 4 + 2**16
     return BuiltEpoch(ds, sel, cur, plan, tracker)
 
 
