@@ -89,3 +89,21 @@ def test_load_labelled_cifar_is_deterministic():
     assert a[0].shape == (64, 3, 32, 32) and a[1].dtype == __import__("torch").int64
     assert (a[0] == b[0]).all() and (a[1] == b[1]).all() and a[1].max() < 10
     assert abs(float(a[0].mean())) < 1.0
+
+
+def test_cli_demo_and_convert(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    r = CliRunner().invoke(app, ["data", "demo", "--out", str(tmp_path / "d"), "--shards", "2", "--per-shard", "30",
+                                 "--curated-train", "20", "--curated-test", "10", "--size", "24"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "d" / "pool").iterdir()) == [
+        "00000.parquet", "00000.tar", "00001.parquet", "00001.tar"]
+    assert (tmp_path / "d" / "data.yaml").read_text().count("uri:") == 2
+    r = CliRunner().invoke(app, ["data", "convert", CIFAR, "--out", str(tmp_path / "c"), "--as", "curated",
+                                 "--format", "wds", "--limit", "30"])
+    assert r.exit_code == 0 and "30 rows" in r.output
+    r = CliRunner().invoke(app, ["data", "convert", CIFAR, "--out", str(tmp_path / "x"), "--as", "nonsense"])
+    assert r.exit_code == 2 and "--as" in r.output
