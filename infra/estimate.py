@@ -51,19 +51,21 @@ def _trials_from_sweep(path: Path) -> list[dict] | None:
     from pipelines.sweep.spec import load_sweep
 
     _, trials = load_sweep(path)
-    out, seen = [], {}
+    out, seen, by_id = [], {}, {}
     for t in trials:
-        if t.duplicate_of is not None:
+        if t.duplicate_of is not None:  # the sweep already resolved it to the same run as an earlier trial
+            by_id[t.duplicate_of]["same_as"].append(t.trial_id)
             continue
         cfg = t.config
         key = _resolved_key(cfg)
         if key in seen:  # e.g. a value equal to the preset's default: the same run as another trial
             seen[key]["same_as"].append(t.trial_id)
+            by_id[t.trial_id] = seen[key]
             continue
         row = {"trial": t.trial_id, "preset": cfg.model.preset,
                "train_flops_per_image": train_flops_per_image(cfg.aim_config()),
                "sweep_steps": cfg.schedule.steps, "sweep_batch": cfg.optim.batch_size, "same_as": []}
-        seen[key] = row
+        seen[key] = by_id[t.trial_id] = row
         out.append(row)
     return out
 

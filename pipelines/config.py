@@ -119,6 +119,7 @@ class TrackingSection(Strict):
 
 
 class ProbeSection(Strict):
+    enabled: bool = Field(True, description="probe each trial after pre-training in a sweep (aimctl probe always runs)")
     data: str | None = Field(None, description="labelled Parquet (train/test splits); default data.curated.uri")
     blocks: list[int] | None = Field(None, description="trunk blocks averaged for features; default last 6")
     epochs: int = Field(20, gt=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -23,6 +24,21 @@ def ray_local():
                  runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     yield ray
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def moto_without_auth():
+    """Turn off signature checks of in-process moto servers for a block (tests/data's session endpoint
+    turns them on for the rest of the session; a test that uses made-up keys needs them off)."""
+    from moto import settings
+
+    old = settings.INITIAL_NO_AUTH_ACTION_COUNT
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
+    try:
+        yield
+    finally:
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = old
+
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):

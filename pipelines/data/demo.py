@@ -54,8 +54,9 @@ def _scene(rng: np.random.Generator, w: int, h: int, cls: int | None = None) -> 
     t = np.linspace(0, 1, w)[None, :, None] * 0.6 + np.linspace(0, 1, h)[:, None, None] * 0.4
     img = Image.fromarray((c0 * (1 - t) + c1 * t).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for i in range(int(rng.integers(1, 4))):
-        main = cls is not None and i == 0
+    n = int(rng.integers(1, 4))
+    for i in range(n):
+        main = cls is not None and i == n - 1  # the class's shape is drawn last: never occluded
         shape = _SHAPES[cls // len(_COLOURS)] if main else _SHAPES[int(rng.integers(2))]
         colour = list(_COLOURS.values())[cls % len(_COLOURS)] if main else tuple(rng.integers(0, 256, 3).tolist())
         s = int(min(w, h) * rng.uniform(0.35, 0.6 if main else 0.35))

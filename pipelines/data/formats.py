@@ -72,9 +72,19 @@ def iter_wds(fs: pafs.FileSystem, path: str, exts: set[str] | None = None) -> It
         raise DataError(f"{storage.display(fs, path)}: not a readable tar ({e})") from None
     with stream, tar:
         key, files = None, {}
-        for member in tar:
-            if not member.isfile():
-                continue
+        members = iter(tar)
+        while True:
+            try:  # the stream reads as it goes: the endpoint can fail mid-shard
+                member = next(members, None)
+                if member is None:
+                    break
+                if not member.isfile():
+                    continue
+                data = tar.extractfile(member).read()
+            except storage.StorageError:
+                raise
+            except OSError as e:
+                raise storage.storage_error(e, fs, path, "reading shard") from None
             base = member.name.rsplit("/", 1)[-1]
             k, _, ext = base.partition(".")
             k = member.name[: len(member.name) - len(base)] + k
@@ -83,7 +93,7 @@ def iter_wds(fs: pafs.FileSystem, path: str, exts: set[str] | None = None) -> It
                 files = {}
             key = k
             if exts is None or ext.lower() in exts:
-                files[ext.lower()] = tar.extractfile(member).read()
+                files[ext.lower()] = data
         if key is not None:
             yield key, files
 

@@ -10,6 +10,8 @@ a shard past `cfg.max_bad_fraction` of its samples stops the run with an error n
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,8 +34,16 @@ class BuiltEpoch:
     ds: object  # ray.data.Dataset
     selection: Selection
     curated: CuratedSource
-    plan: EpochPlan
+    plans: list[EpochPlan]  # one per epoch, in stream order
     tracker: object  # actor handle
+
+    @property
+    def plan(self) -> EpochPlan:
+        return self.plans[0]
+
+    @property
+    def n_slots(self) -> int:
+        return sum(p.n_slots for p in self.plans)
 
 
 def _selection(cfg: DataConfig, shards: list[PoolShard], fresh: bool) -> Selection:
@@ -44,9 +54,22 @@ def _selection(cfg: DataConfig, shards: list[PoolShard], fresh: bool) -> Selecti
     return _SELECTIONS[key]
 
 
+def _tasks(plans: list[EpochPlan]) -> tuple[list[dict], dict[str, int]]:
+    """Read tasks of every epoch, in order, and the samples each shard/file feeds over all of them."""
+    tasks, expected = [], {}
+    for p in plans:
+        tasks += [{**t, "epoch": p.epoch} for t in p.tasks]
+        for name, n in p.expected.items():
+            expected[name] = expected.get(name, 0) + n
+    return tasks, expected
+
+
 def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_source: bool = False,
-                fresh_selection: bool = False) -> BuiltEpoch:
-    """Everything `build_train_dataset` builds, plus the plan and tracker (for manifests and tests)."""
+                fresh_selection: bool = False, num_epochs: int = 1, min_samples: int = 0) -> BuiltEpoch:
+    """Everything `build_train_dataset` builds, plus the plans and tracker (for manifests and tests).
+
+    `min_samples` > 0 chains as many epochs as it takes to stream at least that many samples (5% spare
+    for skipped images and per-worker remainders), overriding `num_epochs`."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
@@ -55,15 +78,19 @@ def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
     cur = curated_source(cfg.curated, cfg.s3)
     ensure_ray()
     sel = _selection(cfg, shards, fresh_selection)
-    plan = plan_epoch(cfg, sel, cur, seed, epoch)
-    tracker = ray.remote(num_cpus=0)(QualityTracker).remote(plan.expected, cfg.max_bad_fraction)
+    plans = [plan_epoch(cfg, sel, cur, seed, epoch)]
+    if min_samples > 0:
+        num_epochs = max(1, math.ceil(1.05 * min_samples / max(plans[0].n_slots, 1)))
+    plans += [plan_epoch(cfg, sel, cur, seed, e) for e in range(epoch + 1, epoch + num_epochs)]
+    tasks, expected = _tasks(plans)
+    tracker = ray.remote(num_cpus=0)(QualityTracker).remote(expected, cfg.max_bad_fraction)
     d = cfg.decode
     kwargs = {"img_size": img_size, "aug": cfg.augment, "keep_source": keep_source}
     fused = d.compute == "fused"
-    ctx = ReadContext(fs, sel.score_column, sel.threshold, cur, seed, epoch, cfg.mix.pool_probability,
+    ctx = ReadContext(fs, sel.score_column, sel.threshold, cur, seed, cfg.mix.pool_probability,
                       cfg.mix.window, d.batch_size if fused else d.read_chunk, tracker, kwargs if fused else None)
     ds = ray.data.read_datasource(
-        mixed_datasource(plan.tasks, ctx), override_num_blocks=len(plan.tasks),
+        mixed_datasource(tasks, ctx), override_num_blocks=len(tasks),
         num_cpus=d.num_cpus if fused else d.read_num_cpus,
         compute=TaskPoolStrategy(size=d.concurrency if fused else d.read_concurrency))
     if d.compute == "actors":
@@ -76,14 +103,21 @@ def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
                             compute=TaskPoolStrategy(size=d.concurrency), num_cpus=d.num_cpus)
     # Ray Data cuts output blocks by bytes: aim for ~block_rows decoded images (this dataset's context only)
     ds.context.target_max_block_size = d.block_rows * 3 * img_size * img_size * 4 + 2**16
-    return BuiltEpoch(ds, sel, cur, plan, tracker)
+    return BuiltEpoch(ds, sel, cur, plans, tracker)
 
 
-def build_train_dataset(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0):
-    """The mixed, decoded, augmented training stream for one epoch: a `ray.data.Dataset` with one column,
-    `image`, float32 (3, img_size, img_size), mean/std normalised. Same (seed, epoch) -> same samples,
-    order (with preserve_order) and crops; another epoch -> another order and crops."""
-    return build_epoch(cfg, img_size, seed, epoch).ds
+def build_train_dataset(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, num_epochs: int = 1,
+                        min_samples: int = 0):
+    """The mixed, decoded, augmented training stream: a `ray.data.Dataset` with one column, `image`,
+    float32 (3, img_size, img_size), mean/std normalised. Same (seed, epoch) -> same samples, order (with
+    preserve_order) and crops; another epoch -> another order and crops.
+
+    `num_epochs` > 1 chains epochs epoch, epoch+1, ... into one dataset (each with its own order and
+    crops): iterating one dataset again repeats the same crops, so a multi-epoch run that builds its
+    dataset once should ask for all its epochs here (or for `min_samples`, the samples it will consume)."""
+    if num_epochs < 1:
+        raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+    return build_epoch(cfg, img_size, seed, epoch, num_epochs=num_epochs, min_samples=min_samples).ds
 
 
 def iter_torch_batches(ds_or_shard, batch_size: int, drop_last: bool = True, **kwargs) -> Iterator:

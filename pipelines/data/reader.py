@@ -1,8 +1,8 @@
 """Read tasks: one pool shard's kept images plus its slice of the curated stream, already mixed.
 
 Runs inside Ray Data map tasks (`pipeline.py`). Output rows: `image` (encoded bytes), `is_pool`,
-`shard` ("pool:NAME" / "curated:FILE", for error reports), `slot` (position in the epoch's mixed
-sequence) and `aug_seed` (the sample's augmentation seed).
+`shard` ("pool:NAME" / "curated:FILE", for error reports), `slot` (epoch * 2**40 + position in the
+epoch's mixed sequence) and `aug_seed` (the sample's augmentation seed).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from pipelines.data.plan import CuratedSource
 from pipelines.data.select import shard_scores
 from pipelines.data.storage import StorageError
 
-__all__ = ["ReadContext", "mixed_datasource"]
+__all__ = ["ReadContext", "mixed_datasource", "SLOTS_PER_EPOCH"]
+
+SLOTS_PER_EPOCH = 2**40
 
 
 @dataclass
@@ -33,7 +35,6 @@ class ReadContext:
     threshold: float
     curated: CuratedSource
     seed: int
-    epoch: int
     pool_probability: float
     window: int
     chunk: int
@@ -51,7 +52,7 @@ def _pool_images(spec: dict, ctx: ReadContext) -> list[bytes | None]:
         if len(keys) != spec["n_pool"]:
             raise DataError(f"pool shard {name!r}: {len(keys)} rows pass the selection, the plan expected "
                             f"{spec['n_pool']} (did the shard change since selection?)")
-        keys = keys[row_order(len(keys), ctx.seed, ctx.epoch, name)]
+        keys = keys[row_order(len(keys), ctx.seed, spec["epoch"], name)]
         wanted, found = set(keys), {}
         for key, files in formats.iter_wds(ctx.pool_fs, spec["tar"], exts=set(formats.IMAGE_EXTS)):
             base = key.rsplit("/", 1)[-1]
@@ -64,7 +65,7 @@ def _pool_images(spec: dict, ctx: ReadContext) -> list[bytes | None]:
 
 def _curated_images(spec: dict, ctx: ReadContext) -> tuple[list[bytes | None], list[str]]:
     cur = ctx.curated
-    stream = CuratedStream(cur.chunk_rows, ctx.seed, ctx.epoch)
+    stream = CuratedStream(cur.chunk_rows, ctx.seed, spec["epoch"])
     images, names, cache = [], [], {}
     for _, chunk, rows in stream.locate(spec["cur_start"], spec["cur_stop"]):
         if chunk not in cache:
@@ -79,7 +80,7 @@ def _curated_images(spec: dict, ctx: ReadContext) -> tuple[list[bytes | None], l
 def _mixed(spec: dict, ctx: ReadContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(images, is_pool, shard names, slots) for the task's slots, before dropping missing images."""
     start, stop = spec["slot_start"], spec["slot_stop"]
-    is_pool = SlotPattern(ctx.pool_probability, ctx.seed, ctx.epoch, ctx.window).mask(start, stop)
+    is_pool = SlotPattern(ctx.pool_probability, ctx.seed, spec["epoch"], ctx.window).mask(start, stop)
     pool = _pool_images(spec, ctx) if spec["n_pool"] else []
     cur, cur_names = _curated_images(spec, ctx)
     if is_pool.sum() != len(pool) or (~is_pool).sum() != len(cur):
@@ -94,14 +95,15 @@ def _mixed(spec: dict, ctx: ReadContext) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def _read_one(spec: dict, ctx: ReadContext) -> Iterator[pa.Table]:
     images, is_pool, names, slots = _mixed(spec, ctx)
+    seeds = aug_seeds(ctx.seed, spec["epoch"], slots)
+    slots = slots + spec["epoch"] * SLOTS_PER_EPOCH  # sample ids, unique across the epochs of a dataset
     present = np.array([img is not None for img in images], dtype=bool)
     if not present.all():
         bad: dict[str, list[int]] = {}
         for name, slot in zip(names[~present], slots[~present]):
             bad.setdefault(name, []).append(int(slot))
         report_bad(ctx.tracker, bad, "missing_image")
-    images, is_pool, names, slots = images[present], is_pool[present], names[present], slots[present]
-    seeds = aug_seeds(ctx.seed, ctx.epoch, slots)
+    images, is_pool, names, slots, seeds = (a[present] for a in (images, is_pool, names, slots, seeds))
     for i in range(0, len(slots), ctx.chunk):
         s = slice(i, i + ctx.chunk)
         table = pa.table({"image": pa.array(list(images[s]), pa.binary()), "is_pool": pa.array(is_pool[s]),

@@ -72,9 +72,11 @@ def _run_trial(trial: Trial, parent_run_id: str) -> dict:
     tags = {"sweep": trial.config.tags.get("sweep", ""), "axis": trial.axis, "value": trial.value,
             "trial": trial.trial_id}
     res = pretrain(trial.config, parent_run_id=parent_run_id, extra_tags=tags, show_progress=False)
-    probes = probe_checkpoint(trial.config, None)
-    return {"step": res.step, "probe/attentive_top1": probes.attentive_top1,
-            "probe/linear_top1": probes.linear_top1, "run_id": res.run_id}
+    out = {"step": res.step, "run_id": res.run_id}
+    if trial.config.probe.enabled:
+        probes = probe_checkpoint(trial.config, None)
+        out.update({"probe/attentive_top1": probes.attentive_top1, "probe/linear_top1": probes.linear_top1})
+    return out
 
 
 def _trainable(config: dict, trials: dict, parent_run_id: str, driver_resources: dict[str, float]) -> None:
@@ -131,7 +133,7 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
 
     with credentials_hidden_from_ray():  # else Tune puts them in every trial's runtime_env (dashboard, State API)
         results = tuner.fit()
-    tracking.client(uri).update_run(parent, status="FINISHED" if not results.errors else "FAILED")
+    tracking.client(uri).set_terminated(parent, status="FINISHED" if not results.errors else "FAILED")
     return results, uri, parent
 
 

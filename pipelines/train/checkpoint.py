@@ -23,8 +23,8 @@ META_FILE = "meta.json"  # small: lets the driver find the latest checkpoint wit
 @dataclass
 class TrainState:
     step: int = 0  # optimizer updates done
-    epoch: int = 0  # data epoch the next batch comes from
-    batches_in_epoch: int = 0  # batches of that epoch already consumed (this worker)
+    epoch: int = 0  # pass over the training dataset (which chains every data epoch the schedule needs)
+    batches_in_epoch: int = 0  # batches of that pass already consumed (this worker)
 
 
 def save_state(directory: str | Path, model_state: dict, optim_state: dict, sched_state: dict,

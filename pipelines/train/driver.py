@@ -212,7 +212,7 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
              extra_tags: dict[str, str] | None = None, show_progress: bool = True,
              callbacks: list | None = None) -> PretrainResult:
     """Run (or resume) pre-training for `cfg`. Rerunning the same config continues from the latest checkpoint."""
-    from pipelines.data import build_train_dataset
+    from pipelines.data.pipeline import build_epoch
 
     init_ray()
     quiet_data()
@@ -220,11 +220,16 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     resumed_from = int(meta.get("step", 0))
     uri, run_id, logged = _open_run(cfg, parent_run_id, extra_tags or {})
     img = cfg.aim_config().img_size
-    ds = build_train_dataset(cfg.data, img, cfg.seed)
+    # every data epoch the schedule reaches, chained: each gets its own order and crops (re-reading one
+    # epoch would repeat its crops); a resumed run skips what it already consumed (see loop._batches)
+    built = build_epoch(cfg.data, img, cfg.seed, min_samples=cfg.schedule.steps * cfg.optim.batch_size)
+    ds = built.ds
     target_state = None if ckpt else _fit_target(cfg, ds)
+    extra = {"epoch_samples": built.plan.n_slots}
+    if test_hooks_from_env():
+        extra["test_hooks"] = test_hooks_from_env()
     args = LoopArgs(experiment=cfg.model_dump(mode="json"), run_id=run_id, tracking_uri=uri,
-                    skip_log_until=logged, stop_after=stop_after, target_state=target_state,
-                    extra={"test_hooks": test_hooks_from_env()} if test_hooks_from_env() else {})
+                    skip_log_until=logged, stop_after=stop_after, target_state=target_state, extra=extra)
     stop = threading.Event()
     bar = threading.Thread(target=_progress, args=(uri, run_id, cfg.schedule.steps, stop), daemon=True)
     if show_progress:
@@ -233,7 +238,7 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
         result = _trainer(cfg, args, ds, callbacks).fit()
     except BaseException:
         if run_id:
-            tracking.client(uri).update_run(run_id, status="FAILED")
+            tracking.client(uri).set_terminated(run_id, status="FAILED")
         raise
     finally:
         stop.set()
@@ -244,7 +249,7 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     if run_id and ckpt_path:
         _log_outputs(cfg, uri, run_id, ckpt_path, ds)
         finished = step >= cfg.schedule.steps
-        tracking.client(uri).update_run(run_id, status="FINISHED" if finished else "KILLED")
+        tracking.client(uri).set_terminated(run_id, status="FINISHED" if finished else "KILLED")
     fs, _ = _storage(cfg)
     uri_out = None if ckpt_path is None else (ckpt_path if fs is None else f"s3://{ckpt_path}")
     return PretrainResult(run_id, uri_out, step, resumed_from)

@@ -118,11 +118,12 @@ def train_loop_per_worker(raw_args: dict) -> None:
 
 
 def _batches(cfg: ExperimentConfig, state: TrainState, per_worker: int, rank: int):
-    """This worker's batches, epoch after epoch, from its Ray Train dataset shard.
+    """This worker's batches, pass after pass, from its Ray Train dataset shard.
 
-    Each epoch re-reads the shard with a local shuffle seeded by (seed, epoch, rank): a new order every
-    epoch, the same order on a rerun. A resumed run skips the batches of its epoch already consumed.
-    Advances `state.epoch` / `state.batches_in_epoch` as it goes.
+    The driver chains every data epoch the schedule needs into one dataset (each with its own order and
+    crops), so one pass normally covers the run; `state.epoch` counts passes. Each pass re-reads the shard
+    with a local shuffle seeded by (seed, pass, rank): the same order on a rerun. A resumed run skips the
+    batches of its pass already consumed. Advances `state.epoch` / `state.batches_in_epoch` as it goes.
     """
     shard = ray.train.get_dataset_shard("train")
     while True:
@@ -153,6 +154,7 @@ def _run(cfg, args, model, forward, optimizer, scheduler, generator, state, devi
     loss_sum = torch.zeros((), device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)
     first_bad = torch.zeros((), dtype=torch.int64, device=device)  # first step with a non-finite loss here
+    epoch_samples = max(1, int(args.extra.get("epoch_samples", 0)) or 1)  # data epochs done, for the metric
     n_since, t0 = 0, time.perf_counter()
     for images in _batches(cfg, state, per_worker, rank):
         if state.step >= cfg.schedule.steps or (args.stop_after and state.step >= args.stop_after):
@@ -186,7 +188,8 @@ def _run(cfg, args, model, forward, optimizer, scheduler, generator, state, devi
             ips = n_since * cfg.optim.batch_size / dt
             metrics = {"train/loss": loss, "train/lr": optimizer.param_groups[0]["lr"],
                        "train/grad_norm": float(grad_norm), "train/images_per_s": ips,
-                       "train/tokens_per_s": ips * model.config.num_patches, "train/epoch": state.epoch,
+                       "train/tokens_per_s": ips * model.config.num_patches,
+                       "train/epoch": state.step * cfg.optim.batch_size / epoch_samples,
                        "train/step": state.step}
             if peak:
                 metrics["train/mfu"] = flops * ips / (peak * world)

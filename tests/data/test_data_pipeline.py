@@ -57,6 +57,11 @@ def test_train_dataset_deterministic_per_seed_and_epoch(ray_session, preserve_or
         assert np.array_equal(first, build_train_dataset(other, 24, seed=1).take_batch(40)["image"]), compute
     other = build_train_dataset(cfg, 24, seed=1, epoch=1).take_batch(40)["image"]
     assert not np.array_equal(first, other)
+    both = build_epoch(cfg, 24, seed=1, num_epochs=2)  # epochs 0 and 1 chained in one dataset
+    images = np.concatenate([b["image"] for b in both.ds.iter_batches(batch_size=64, batch_format="numpy")])
+    n0 = both.plans[0].n_slots - 3
+    assert len(images) == both.n_slots - 6
+    assert np.array_equal(images[:40], first) and np.array_equal(images[n0:n0 + 40], other)
     built = build_epoch(cfg, 24, seed=1)
     batches = list(iter_torch_batches(built.ds.iterator(), batch_size=16))
     assert len(batches) == (built.plan.n_slots - 3) // 16  # 3 broken samples skipped, last partial dropped
