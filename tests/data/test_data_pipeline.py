@@ -62,6 +62,11 @@ def test_train_dataset_deterministic_per_seed_and_epoch(ray_session, preserve_or
     n0 = both.plans[0].n_slots - 3
     assert len(images) == both.n_slots - 6
     assert np.array_equal(images[:40], first) and np.array_equal(images[n0:n0 + 40], other)
+    # a run asks for the samples it will consume: enough epochs (+5% spare) are chained
+    slots = both.plans[0].n_slots
+    assert len(build_epoch(cfg, 24, seed=1, min_samples=slots).plans) == 2  # 1.05 x one epoch
+    assert len(build_epoch(cfg, 24, seed=1, min_samples=int(slots * 0.9)).plans) == 1
+    assert len(build_epoch(cfg, 24, seed=1, min_samples=3 * slots).plans) == 4
     built = build_epoch(cfg, 24, seed=1)
     batches = list(iter_torch_batches(built.ds.iterator(), batch_size=16))
     assert len(batches) == (built.plan.n_slots - 3) // 16  # 3 broken samples skipped, last partial dropped
