@@ -20,6 +20,7 @@ Ray/Tune start, parent run, scheduling gaps). Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
         ray_start_s = time.perf_counter() - t0
         plan = plan_resources(spec, trials, float(ray.cluster_resources().get("CPU", 1)))
         t1 = time.time()
-        results, uri, parent = run_sweep(spec, plan, resume=False)
+        with contextlib.redirect_stdout(sys.stderr):  # Tune's trial tables: stdout stays one JSON object
+            results, uri, parent = run_sweep(spec, plan, resume=False)
         wall = time.time() - t1
         if results.errors:
             raise SystemExit(f"sweep had failed trials: {results.errors}")
