@@ -13,8 +13,8 @@ stepping. Everything else is overhead, and the JSON breaks it down per trial fro
 `startup_s` (run created -> first step: Ray Train worker group, process group, Ray Data start, target fit),
 `stall_s` (the logged training interval minus steps x median step time: first batch wait, checkpoints,
 MLflow logging), `teardown_s` (last step -> run terminated: final checkpoint upload, predictions PNG,
-artifacts; plus the probes with `--probe`), and the sweep's own `tune_s` (wall time outside any trial:
-Ray/Tune start, parent run, scheduling gaps). Prints one JSON object.
+artifacts; plus the probes with `--probe`), and the sweep's own `outside_trials_s` (wall time outside any
+trial: Tune start, parent run, scheduling gaps). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -73,8 +73,7 @@ def _trial_times(uri: str, parent: str, steps: int, batch: int) -> list[dict]:
         out.append({"trial": run.data.tags.get("trial"), "train_s": round(train_s, 2),
                     "startup_s": round(first_step_s - start, 2),
                     "stall_s": round(last - first_step_s - train_s, 2),
-                    "teardown_s": round(end - last, 2), "run_s": round(end - start, 2),
-                    "start": start, "end": end})
+                    "teardown_s": round(end - last, 2), "run_s": round(end - start, 2)})
     return out
 
 
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target_overhead": 0.20,
         "outside_trials_s": round(conc * wall - busy, 1),  # Tune start, parent run, gaps between trials
         "median_per_trial": med,
-        "per_trial": [{k: v for k, v in t.items() if k not in ("start", "end")} for t in per_trial],
+        "per_trial": per_trial,
     }
     print(json.dumps(out, indent=1))
     return out

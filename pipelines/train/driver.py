@@ -226,8 +226,9 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     ds = built.ds
     target_state = None if ckpt else _fit_target(cfg, ds)
     extra = {"epoch_samples": built.plan.n_slots}
-    if test_hooks_from_env():
-        extra["test_hooks"] = test_hooks_from_env()
+    hooks = test_hooks_from_env()
+    if hooks:
+        extra["test_hooks"] = hooks
     args = LoopArgs(experiment=cfg.model_dump(mode="json"), run_id=run_id, tracking_uri=uri,
                     skip_log_until=logged, stop_after=stop_after, target_state=target_state, extra=extra)
     stop = threading.Event()

@@ -154,7 +154,7 @@ def _run(cfg, args, model, forward, optimizer, scheduler, generator, state, devi
     loss_sum = torch.zeros((), device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)
     first_bad = torch.zeros((), dtype=torch.int64, device=device)  # first step with a non-finite loss here
-    epoch_samples = max(1, int(args.extra.get("epoch_samples", 0)) or 1)  # data epochs done, for the metric
+    epoch_samples = max(1, int(args.extra.get("epoch_samples", 1)))  # data epochs done, for the metric
     n_since, t0 = 0, time.perf_counter()
     for images in _batches(cfg, state, per_worker, rank):
         if state.step >= cfg.schedule.steps or (args.stop_after and state.step >= args.stop_after):
