@@ -92,7 +92,9 @@ class ScheduleSection(Strict):
 
 
 class ScalingSection(Strict):
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (processes), each with its share of the batch")
+    num_workers: int = Field(1, ge=0, description="Ray Train workers (processes), each with its share of the batch; "
+                             "0 trains in the calling process (Ray Train local mode: no worker group to start, "
+                             "no worker retries; for small runs and sweeps of them)")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0)
@@ -160,7 +162,10 @@ class ExperimentConfig(Strict):
             field, _, msg = str(e).partition(": ")
             raise ValueError(f"model.{field}: {msg}") from None
         workers = self.scaling.num_workers
-        if self.optim.batch_size % workers:
+        if workers == 0 and self.scaling.strategy == "fsdp":
+            raise ValueError("scaling.strategy: fsdp shards over a worker group; use num_workers >= 1 (0 trains in "
+                             "one process)")
+        if self.optim.batch_size % max(workers, 1):
             raise ValueError(f"optim.batch_size: {self.optim.batch_size} is not divisible by scaling.num_workers={workers}")
         return self
 
@@ -203,7 +208,7 @@ def _format_error(source: str, err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling)"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    if msg.startswith("model.") or msg.startswith("optim."):
+    if re.match(r"(model|optim|scaling)\.[a-z_]+: ", msg):  # a cross-field check names its field first
         loc, _, msg = msg.partition(": ")
     return f"{source}: {loc}: {msg}{more}"
 

@@ -18,7 +18,8 @@ __all__ = ["probe_checkpoint", "load_trunk"]
 def load_trunk(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[AIM, str]:
     """The model with the checkpoint's weights; `checkpoint=None` takes the run's latest."""
     from pipelines.data.storage import resolve
-    from pipelines.train.driver import _read_state, latest_checkpoint
+    from pipelines.train.checkpoint import read_state
+    from pipelines.train.driver import latest_checkpoint
 
     if checkpoint is None:
         checkpoint, _ = latest_checkpoint(cfg)
@@ -29,7 +30,7 @@ def load_trunk(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[AIM, str]
         fs, path = resolve(checkpoint, cfg.data.s3)
         checkpoint = path
     model = AIM(cfg.aim_config())
-    model.load_state_dict(_read_state(fs, checkpoint)["model"])
+    model.load_state_dict(read_state(fs, checkpoint)["model"])
     return model, checkpoint
 
 

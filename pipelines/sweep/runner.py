@@ -36,7 +36,7 @@ def plan_resources(spec: SweepSpec, trials: list[Trial], cluster_cpus: float) ->
     runnable = [t for t in trials if t.duplicate_of is None]
     cfg = runnable[0].config
     sc = cfg.scaling
-    per_trial = spec.resources.cpus_per_trial + sc.num_workers * sc.cpus_per_worker
+    per_trial = spec.resources.cpus_per_trial + max(sc.num_workers, 1) * sc.cpus_per_worker  # 0: in the trial task
     per_trial += 2 * cfg.data.decode.num_cpus
     fit = max(1, int(math.floor(cluster_cpus / per_trial + 1e-9)))
     # An explicit limit wins: on an autoscaling cluster the resources are not there yet when planning.
@@ -88,9 +88,14 @@ def _trainable(config: dict, trials: dict, parent_run_id: str, driver_resources:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     escape = PlacementGroupSchedulingStrategy(placement_group=None)
-    task = ray.remote(_run_trial).options(num_cpus=0, max_retries=0, scheduling_strategy=escape,
+    trial = trials[config["trial_id"]]
+    sc = trial.config.scaling
+    # num_workers 0 trains inside this task (Ray Train local mode), so it holds the one worker's resources
+    cpus = sc.cpus_per_worker if sc.num_workers == 0 else 0
+    gpus = sc.gpus_per_worker if sc.num_workers == 0 and sc.use_gpu else 0
+    task = ray.remote(_run_trial).options(num_cpus=cpus, num_gpus=gpus, max_retries=0, scheduling_strategy=escape,
                                           resources=driver_resources)
-    ray.tune.report(ray.get(task.remote(trials[config["trial_id"]], parent_run_id)))
+    ray.tune.report(ray.get(task.remote(trial, parent_run_id)))
 
 
 def _storage_root(trial: Trial) -> tuple:

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TrainState", "save_state", "load_state", "STATE_FILE", "META_FILE"]
+__all__ = ["TrainState", "save_state", "load_state", "read_state", "persist_checkpoint", "STATE_FILE", "META_FILE",
+           "LOCAL_PREFIX"]
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"  # small: lets the driver find the latest checkpoint without loading it
+LOCAL_PREFIX = "checkpoint_local_"  # checkpoints persisted by in-process runs (scaling.num_workers: 0)
 
 
 @dataclass
@@ -51,3 +53,41 @@ def load_state(directory: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {directory} has no {STATE_FILE}")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_state(fs, ckpt_path: str) -> dict:
+    """`load_state` of a checkpoint directory in storage: a local path (fs None) or a pyarrow filesystem path."""
+    if fs is None:
+        return load_state(ckpt_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        with fs.open_input_stream(f"{ckpt_path}/{STATE_FILE}") as src:
+            Path(tmp, STATE_FILE).write_bytes(src.read())
+        return load_state(tmp)
+
+
+def persist_checkpoint(local_dir: str | Path, fs, run_dir: str, step: int, keep: int) -> str:
+    """Copy a checkpoint written by `save_state` to `<run_dir>/checkpoint_local_<step>` and keep the newest `keep`.
+
+    What Ray Train's storage does for worker groups, for in-process runs (Ray Train local mode persists
+    nothing). `meta.json` is written last and a directory without it is ignored by the driver, so a copy cut
+    short is never taken for a checkpoint; on a local disk the directory is also renamed into place whole."""
+    import pyarrow.fs as pafs
+
+    fs = fs or pafs.LocalFileSystem()
+    name = f"{LOCAL_PREFIX}{step:010d}"
+    final = f"{run_dir.rstrip('/')}/{name}"
+    local = isinstance(fs, pafs.LocalFileSystem)
+    dest = f"{run_dir.rstrip('/')}/.{name}.tmp" if local else final
+    fs.create_dir(dest, recursive=True)
+    for fname in (STATE_FILE, META_FILE):  # meta last
+        with fs.open_output_stream(f"{dest}/{fname}") as out:
+            out.write(Path(local_dir, fname).read_bytes())
+    if local:
+        if fs.get_file_info(final).type != pafs.FileType.NotFound:
+            fs.delete_dir(final)
+        fs.move(dest, final)
+    infos = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
+    mine = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(LOCAL_PREFIX))
+    for old in mine[:-keep]:
+        fs.delete_dir(old)
+    return final

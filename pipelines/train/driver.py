@@ -14,7 +14,7 @@ import yaml
 
 from pipelines import tracking
 from pipelines.config import ExperimentConfig, flatten
-from pipelines.train.checkpoint import META_FILE, STATE_FILE
+from pipelines.train.checkpoint import LOCAL_PREFIX, META_FILE, read_state
 from pipelines.train.loop import LoopArgs, test_hooks_from_env, train_loop_per_worker
 
 __all__ = ["PretrainResult", "pretrain", "latest_checkpoint"]
@@ -69,8 +69,8 @@ def latest_checkpoint(cfg: ExperimentConfig) -> tuple[str | None, dict]:
     for info in infos:
         if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
             continue
-        if registered is not None and info.base_name not in registered:
-            continue  # never registered: possibly half-written
+        if registered is not None and info.base_name not in registered and not info.base_name.startswith(LOCAL_PREFIX):
+            continue  # never registered: possibly half-written (in-process runs register nothing: meta.json last)
         try:
             with fs.open_input_stream(f"{info.path}/{META_FILE}") as f:
                 meta = json.loads(f.read())
@@ -139,10 +139,15 @@ def _trainer(cfg: ExperimentConfig, args: LoopArgs, ds, callbacks: list | None =
     resources = {"CPU": s.cpus_per_worker}
     if s.use_gpu:
         resources["GPU"] = s.gpus_per_worker
+    if s.num_workers == 0:  # Ray Train local mode: the loop runs in this process; no worker group, no retries
+        scaling = ScalingConfig(num_workers=0)
+        ds.context.execution_options.preserve_order = s.deterministic_data  # DataConfig applies to workers only
+    else:
+        scaling = ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dataclasses.asdict(args),
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        scaling_config=scaling,
         run_config=RunConfig(name=cfg.run_name, storage_path=root, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=s.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.keep),
@@ -165,23 +170,15 @@ def _log_outputs(cfg: ExperimentConfig, uri: str, run_id: str, ckpt_path: str, d
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         (tmp / "checkpoint_uri.txt").write_text(ckpt_uri + "\n")
         model = AIM(cfg.aim_config())
-        model.load_state_dict(_read_state(fs, ckpt_path)["model"])
-        images = torch.tensor(ds.take_batch(4, batch_format="numpy")["image"])
+        state = read_state(fs, ckpt_path)
+        model.load_state_dict(state["model"])
+        images = state.get("preview")  # the last training batch's first images, saved with the final checkpoint
+        if images is None:  # checkpoints from before the preview was saved
+            images = torch.tensor(ds.take_batch(4, batch_format="numpy")["image"])
         save_prediction_grid(model, images, tmp / "predictions.png")
         for name in ("config.yaml", "checkpoint_uri.txt", "predictions.png"):
             c.log_artifact(run_id, str(tmp / name))
     c.set_tag(run_id, "checkpoint_uri", ckpt_uri)
-
-
-def _read_state(fs, ckpt_path: str) -> dict:
-    from pipelines.train.checkpoint import load_state
-
-    if fs is None:
-        return load_state(ckpt_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        with fs.open_input_stream(f"{ckpt_path}/{STATE_FILE}") as src:
-            Path(tmp, STATE_FILE).write_bytes(src.read())
-        return load_state(tmp)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -226,6 +223,8 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     ds = built.ds
     target_state = None if ckpt else _fit_target(cfg, ds)
     extra = {"epoch_samples": built.plan.n_slots}
+    if cfg.scaling.num_workers == 0:  # in-process: the loop resumes and persists its checkpoints itself
+        extra.update(local=True, resume_from=ckpt)
     hooks = test_hooks_from_env()
     if hooks:
         extra["test_hooks"] = hooks
@@ -245,8 +244,12 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
         stop.set()
         if bar.is_alive():
             bar.join(timeout=5)
-    ckpt_path = result.checkpoint.path if result.checkpoint else None
-    step = int((result.metrics or {}).get("step", resumed_from))
+    if cfg.scaling.num_workers == 0:
+        ckpt_path, meta = latest_checkpoint(cfg)
+        step = int(meta.get("step", resumed_from))
+    else:
+        ckpt_path = result.checkpoint.path if result.checkpoint else None
+        step = int((result.metrics or {}).get("step", resumed_from))
     if run_id and ckpt_path:
         _log_outputs(cfg, uri, run_id, ckpt_path, ds)
         finished = step >= cfg.schedule.steps

@@ -14,7 +14,7 @@ import torch
 from aim_core import AIM
 from pipelines.config import ExperimentConfig
 from pipelines.train import parallel
-from pipelines.train.checkpoint import TrainState, load_state, save_state
+from pipelines.train.checkpoint import TrainState, load_state, persist_checkpoint, read_state, save_state
 from pipelines.train.optim import build_optimizer, build_scheduler
 from pipelines.train.state_io import full_state, restore
 
@@ -95,7 +95,11 @@ def train_loop_per_worker(raw_args: dict) -> None:
     cfg = ExperimentConfig.model_validate(args.experiment)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
+    local = bool(args.extra.get("local"))  # in-process (Ray Train local mode): one process, no group
+    if not cfg.scaling.use_gpu:
+        device = torch.device("cpu")
+    else:
+        device = torch.device("cuda", torch.cuda.current_device()) if local else ray.train.torch.get_device()
     if cfg.scaling.threads_per_worker:
         torch.set_num_threads(cfg.scaling.threads_per_worker)
     model = _build(cfg, args, device)
@@ -105,8 +109,11 @@ def train_loop_per_worker(raw_args: dict) -> None:
     scheduler = build_scheduler(optimizer, cfg.schedule)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     state = TrainState()
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
+    if local:  # local mode keeps no checkpoints: the driver names the one to resume from
+        if args.extra.get("resume_from"):
+            saved = read_state(_storage(cfg)[0], args.extra["resume_from"])
+            state = restore(saved, model, optimizer, scheduler, generator, strategy)
+    elif (ckpt := ray.train.get_checkpoint()) is not None:
         with ckpt.as_directory() as d:
             state = restore(load_state(d), model, optimizer, scheduler, generator, strategy)
     scheduler.step_update(state.step)
@@ -197,7 +204,8 @@ def _run(cfg, args, model, forward, optimizer, scheduler, generator, state, devi
             loss_sum.zero_()
             n_since, t0 = 0, time.perf_counter()
         if ckpt_now:
-            _checkpoint(model, optimizer, scheduler, generator, state, strategy, rank)
+            preview = images[:4].detach().cpu() if done else None  # for the run's predictions PNG
+            _checkpoint(cfg, args, model, optimizer, scheduler, generator, state, strategy, rank, preview)
             last_ckpt = state.step
     if state.step < cfg.schedule.steps and not (args.stop_after and state.step >= args.stop_after):
         raise TrainingError(f"the data ran out at step {state.step} of {cfg.schedule.steps}")
@@ -240,12 +248,23 @@ def _reduce_any(x: torch.Tensor, world: int) -> torch.Tensor:
     return x.bool()
 
 
-def _checkpoint(model, optimizer, scheduler, generator, state, strategy, rank) -> None:
+def _storage(cfg: ExperimentConfig) -> tuple:
+    from pipelines.data.storage import resolve
+
+    return resolve(cfg.storage.path, cfg.data.s3)
+
+
+def _checkpoint(cfg, args, model, optimizer, scheduler, generator, state, strategy, rank, preview) -> None:
     model_sd, optim_sd = full_state(model, optimizer, strategy)  # collective under FSDP: every rank calls it
     metrics = {"step": state.step, "epoch": state.epoch}
+    extra = {"preview": preview} if preview is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            save_state(tmp, model_sd, optim_sd, scheduler.state_dict(), state, generator)
+            save_state(tmp, model_sd, optim_sd, scheduler.state_dict(), state, generator, extra)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        if args.extra.get("local"):  # Ray Train's local mode would drop it: persist it like Ray Train storage
+            fs, root = _storage(cfg)
+            persist_checkpoint(tmp, fs, f"{root.rstrip('/')}/{cfg.run_name}", state.step, cfg.storage.keep)
+        else:
+            ray.train.report(metrics, checkpoint=checkpoint)

@@ -17,6 +17,8 @@ FSDP_MIN_PARAMS = 300_000_000  # "large presets": FSDP2 when the model would cro
 def choose_strategy(scaling: ScalingSection, num_params: int) -> str:
     if scaling.strategy != "auto":
         return scaling.strategy
+    if scaling.num_workers == 0:  # one process, no group to shard over
+        return "ddp"
     return "fsdp" if scaling.use_gpu and num_params >= FSDP_MIN_PARAMS else "ddp"
 
 

@@ -62,3 +62,26 @@ def test_load_labelled_from_s3_equals_local(demo_s3, demo_local, s3_env):
     local = load_labelled(f"{demo_local[0]}/curated", "test", 16)
     assert remote[0].shape == (60, 3, 16, 16)
     assert np.array_equal(remote[1].numpy(), local[1].numpy()) and (remote[0] == local[0]).all()
+
+
+def test_in_process_checkpoints_persist_to_s3_newest_kept(s3_env, tmp_path):
+    """`scaling.num_workers: 0` runs persist their own checkpoints (Ray Train local mode keeps none): on S3 the
+    copy lands under the run, only the newest `keep` stay, and the driver finds the newest."""
+    import torch
+
+    from pipelines.data import storage
+    from pipelines.train.checkpoint import TrainState, persist_checkpoint, read_state, save_state
+
+    fs, root = storage.resolve("s3://aim-data/ckpt-test/runs", s3_env.cfg)
+    run_dir = f"{root}/r"
+    for step in (2, 4, 6):
+        local = tmp_path / f"s{step}"
+        save_state(local, {"w": torch.full((2,), float(step))}, {}, {}, TrainState(step=step),
+                   torch.Generator().manual_seed(0))
+        persist_checkpoint(local, fs, run_dir, step, keep=2)
+    import pyarrow.fs as pafs
+
+    names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(run_dir)))
+    assert names == ["checkpoint_local_0000000004", "checkpoint_local_0000000006"]
+    state = read_state(fs, f"{run_dir}/checkpoint_local_0000000006")
+    assert state["step"] == 6 and state["model"]["w"].tolist() == [6.0, 6.0]

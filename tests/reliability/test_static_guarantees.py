@@ -121,6 +121,13 @@ def test_unregistered_half_written_checkpoint_is_never_picked(tmp_path):
     (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(snap))
     path, meta = latest_checkpoint(cfg)
     assert path.endswith("checkpoint_a") and meta["step"] == 6
+    # in-process runs (num_workers 0) register nothing: their copy counts once meta.json, written last, is there
+    half = run / "checkpoint_local_0000000018"
+    half.mkdir()
+    (half / "state.pt").write_bytes(b"partial")
+    assert latest_checkpoint(cfg)[0].endswith("checkpoint_a")
+    (half / "meta.json").write_text(json.dumps({"step": 18}))
+    assert latest_checkpoint(cfg)[1]["step"] == 18
 
 
 def test_wrapped_errors_reach_the_user_as_one_line():

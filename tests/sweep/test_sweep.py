@@ -19,9 +19,9 @@ from tests.conftest import experiment
 pytestmark = pytest.mark.ray
 
 
-def _sweep_file(demo, tmp_path: Path, name: str, steps: int) -> Path:
+def _sweep_file(demo, tmp_path: Path, name: str, steps: int, workers: int = 1) -> Path:
     base = experiment(demo, tmp_path, "unused", schedule={"steps": steps}, storage={"checkpoint_every": 5},
-                      scaling={"num_workers": 1, "cpus_per_worker": 0.25},
+                      scaling={"num_workers": workers, "cpus_per_worker": 0.25},
                       probe={"epochs": 5, "batch_size": 64, "lr": 3e-3})
     base.pop("name")
     spec = {"name": name, "experiment": base, "mode": "one_at_a_time",
@@ -88,20 +88,22 @@ def _aimctl(*args, env=None, **kw):
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=env, start_new_session=True, **kw)
 
 
-def test_killed_sweep_resumes_without_duplicate_runs(ray_local, demo_data, tmp_path):
+@pytest.mark.parametrize("workers", [1, 0], ids=["worker-group", "in-process"])
+def test_killed_sweep_resumes_without_duplicate_runs(ray_local, demo_data, tmp_path, workers):
     """SIGKILL the sweep driver (`aimctl sweep`, attached to the running cluster) once a trial has
-    checkpointed; `--resume` finishes every trial, with exactly one child run per trial."""
-    path = _sweep_file(demo_data, tmp_path, "killed", 40)
+    checkpointed; `--resume` finishes every trial, with exactly one child run per trial. Trials with a Ray
+    Train worker group, and in-process trials (num_workers 0) that persist their own checkpoints."""
+    path = _sweep_file(demo_data, tmp_path, "killed", 40, workers)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     log = open(tmp_path / "first.log", "w")
     proc = _aimctl("sweep", str(path), env=env, stdout=log, stderr=subprocess.STDOUT)
     runs = tmp_path / "runs"
     deadline = time.time() + 300
-    while time.time() < deadline and not any(runs.glob("killed-*/checkpoint_2*/meta.json")):
+    while time.time() < deadline and not any(runs.glob("killed-*/checkpoint_*/meta.json")):
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(1)
-    assert any(runs.glob("killed-*/checkpoint_2*/meta.json")), "no trial checkpoint appeared"
+    assert any(runs.glob("killed-*/checkpoint_*/meta.json")), "no trial checkpoint appeared"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     second = _aimctl("sweep", str(path), "--resume", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

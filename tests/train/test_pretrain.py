@@ -81,3 +81,44 @@ def test_rerun_resumes_and_matches_uninterrupted(ray_local, demo_data, tmp_path)
     assert sorted(b) == list(range(1, 13))
     for step in (5, 6, 12):
         assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+
+
+def test_in_process_run_matches_worker_run_resumes_and_keeps_newest(ray_local, demo_data, tmp_path):
+    """`scaling.num_workers: 0` (Ray Train local mode, no worker group): the same losses as a one-worker run,
+    its own checkpoints persisted (newest `keep`), a rerun resumes from them, and the run's artifacts."""
+    import torch
+
+    from pipelines.train.driver import pretrain
+
+    threads = torch.get_num_threads()  # the in-process run sets this process's threads
+    try:
+        scaling = {"threads_per_worker": 1}
+        worker = parse_experiment(experiment(demo_data, tmp_path, "worker", scaling=scaling))
+        pretrain(worker, show_progress=False)
+        local = parse_experiment(experiment(demo_data, tmp_path, "inproc", scaling={**scaling, "num_workers": 0},
+                                            storage={"checkpoint_every": 2, "keep": 2}))
+        first = pretrain(local, stop_after=4, show_progress=False)
+        assert first.step == 4 and first.resumed_from == 0
+        second = pretrain(local, show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert second.resumed_from == 4 and second.step == 12
+    run_dir = Path(local.storage.path) / "inproc"
+    kept = sorted(p.name for p in run_dir.iterdir())
+    assert kept == ["checkpoint_local_0000000010", "checkpoint_local_0000000012"], kept
+    assert second.checkpoint_uri == str(run_dir / "checkpoint_local_0000000012")
+    _, a, _ = _history(worker)
+    run, b, c = _history(local)
+    assert sorted(b) == list(range(1, 13)) and run.info.status == "FINISHED"
+    for step in (1, 5, 12):
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+    arts = {x.path for x in c.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "predictions.png", "checkpoint_uri.txt"} <= arts
+
+
+def test_in_process_rejects_fsdp():
+    from pipelines.config import ConfigError
+
+    demo = type("D", (), {"pool_uri": "/p", "curated_uri": "/c"})
+    with pytest.raises(ConfigError, match=r"^<config>: scaling.strategy: fsdp"):
+        parse_experiment(experiment(demo, Path("/tmp"), "x", scaling={"num_workers": 0, "strategy": "fsdp"}))
