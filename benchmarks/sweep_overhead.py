@@ -1,10 +1,12 @@
 """Sweep overhead: how much of a sweep's wall time is not training.
 
-    python -m benchmarks.sweep_overhead [--steps 60] [--batch 32] [--probe]
+    python -m benchmarks.sweep_overhead [--steps 60] [--batch 32] [--workers 1,0] [--probe]
 
 An 8-trial grid (target pixel/norm_pixel x attention causal/prefix x order raster/spiral) of fixed-step
 aim-test trainings (16 px, 16 patches) on the demo data, run by the real `aimctl sweep` code path on a local
-Ray cluster with a SQLite MLflow (probes off unless `--probe`).
+Ray cluster with a SQLite MLflow (probes off unless `--probe`). The same sweep runs once per `--workers`
+value in one process: 1 = each trial trains in a Ray Train worker group (the baseline), 0 = in-process
+trials (`scaling.num_workers: 0`, Ray Train local mode); `speedup` is the ratio of their sweep wall times.
 
     overhead = 1 - sum(trial training time) / (concurrency x sweep wall time)
 
@@ -33,7 +35,7 @@ from pathlib import Path
 import yaml
 
 
-def _sweep_file(tmp: Path, demo, steps: int, batch: int, probe: bool) -> Path:
+def _sweep_file(tmp: Path, demo, steps: int, batch: int, probe: bool, workers: int, conc: int | None) -> Path:
     exp = {
         "name": "overhead", "seed": 0,
         "model": {"preset": "aim-test", "img_size": 16},
@@ -41,17 +43,18 @@ def _sweep_file(tmp: Path, demo, steps: int, batch: int, probe: bool) -> Path:
                  "max_bad_fraction": 0.2, "decode": {"num_cpus": 0.25, "concurrency": 1}},
         "optim": {"batch_size": batch, "lr": 2e-2},
         "schedule": {"steps": steps, "warmup_fraction": 0.1},
-        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "threads_per_worker": 1, "shuffle_buffer": 64},
+        "scaling": {"num_workers": workers, "cpus_per_worker": 0.5, "threads_per_worker": 1, "shuffle_buffer": 64},
         "storage": {"path": str(tmp / "runs"), "checkpoint_every": steps},
-        "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "overhead",
+        "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": f"overhead-w{workers}",
                      "log_every": max(1, steps // 10)},
         "probe": {"enabled": probe, "epochs": 5, "batch_size": 64},
     }
-    spec = {"name": "overhead", "experiment": exp, "mode": "grid", "axes": {
+    spec = {"name": f"overhead-w{workers}", "experiment": exp, "mode": "grid",
+            "resources": {"max_concurrent_trials": conc} if conc else {}, "axes": {
         "target": {"pixel": {"target.name": "pixel"}, "norm_pixel": {"target.name": "norm_pixel"}},
         "attention": {"causal": {"model.attention": "causal"}, "prefix": {"model.attention": "prefix"}},
         "order": {"raster": {"model.order": "raster"}, "spiral": {"model.order": "spiral"}}}}
-    path = tmp / "overhead.yaml"
+    path = tmp / f"overhead-w{workers}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -77,55 +80,72 @@ def _trial_times(uri: str, parent: str, steps: int, batch: int) -> list[dict]:
     return out
 
 
+def _measure(tmp: Path, demo, args, workers: int) -> dict:
+    import ray
+
+    from pipelines.sweep.runner import plan_resources, run_sweep
+    from pipelines.sweep.spec import load_sweep
+
+    spec, trials = load_sweep(_sweep_file(tmp, demo, args.steps, args.batch, args.probe, workers,
+                                          args.max_concurrent))
+    plan = plan_resources(spec, trials, float(ray.cluster_resources().get("CPU", 1)))
+    t1 = time.time()
+    with contextlib.redirect_stdout(sys.stderr):  # Tune's trial tables: stdout stays one JSON object
+        results, uri, parent = run_sweep(spec, plan, resume=False)
+    wall = time.time() - t1
+    if results.errors:
+        raise SystemExit(f"sweep had failed trials: {results.errors}")
+    per_trial = _trial_times(uri, parent, args.steps, args.batch)
+    conc = plan.max_concurrent
+    train = sum(t["train_s"] for t in per_trial)
+    busy = sum(t["run_s"] for t in per_trial)
+    med = {k: round(statistics.median(t[k] for t in per_trial), 2)
+           for k in ("train_s", "startup_s", "stall_s", "teardown_s", "run_s")}
+    return {
+        "num_workers": workers, "trials": len(per_trial), "max_concurrent": conc, "sweep_wall_s": round(wall, 1),
+        "sum_train_s": round(train, 1), "overhead": round(1 - train / (conc * wall), 3),
+        "outside_trials_s": round(conc * wall - busy, 1),  # Tune start, parent run, gaps between trials
+        "median_per_trial": med, "per_trial": per_trial,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--workers", default="1,0", help="comma-separated scaling.num_workers values, run in order")
+    ap.add_argument("--max-concurrent", type=int, default=None, help="resources.max_concurrent_trials (default: "
+                                                                      "what the planner fits on the CPUs)")
     ap.add_argument("--probe", action="store_true", help="probe each trial too (counted as overhead)")
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     from pipelines.data.demo import write_demo
-    from pipelines.sweep.runner import plan_resources, run_sweep
-    from pipelines.sweep.spec import load_sweep
     from pipelines.train.driver import init_ray, quiet_data
 
+    runs = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         demo = write_demo(str(tmp / "demo"), shards=2, per_shard=120, curated_train=300, curated_test=200, size=32)
-        spec, trials = load_sweep(_sweep_file(tmp, demo, args.steps, args.batch, args.probe))
         t0 = time.perf_counter()
         init_ray()
         quiet_data()
         import ray
 
         ray_start_s = time.perf_counter() - t0
-        plan = plan_resources(spec, trials, float(ray.cluster_resources().get("CPU", 1)))
-        t1 = time.time()
-        with contextlib.redirect_stdout(sys.stderr):  # Tune's trial tables: stdout stays one JSON object
-            results, uri, parent = run_sweep(spec, plan, resume=False)
-        wall = time.time() - t1
-        if results.errors:
-            raise SystemExit(f"sweep had failed trials: {results.errors}")
-        per_trial = _trial_times(uri, parent, args.steps, args.batch)
+        for workers in (int(w) for w in args.workers.split(",")):
+            runs.append(_measure(tmp, demo, args, workers))
         ray.shutdown()
-    conc = plan.max_concurrent
-    train = sum(t["train_s"] for t in per_trial)
-    busy = sum(t["run_s"] for t in per_trial)
-    med = {k: round(statistics.median(t[k] for t in per_trial), 2)
-           for k in ("train_s", "startup_s", "stall_s", "teardown_s", "run_s")}
     out = {
         "benchmark": "sweep_overhead", "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
-        "python": sys.version.split()[0], "trials": len(per_trial), "steps": args.steps, "batch": args.batch,
-        "probe": args.probe, "max_concurrent": conc, "sweep_wall_s": round(wall, 1),
-        "ray_start_s": round(ray_start_s, 1),
-        "sum_train_s": round(train, 1), "overhead": round(1 - train / (conc * wall), 3),
-        "target_overhead": 0.20,
-        "outside_trials_s": round(conc * wall - busy, 1),  # Tune start, parent run, gaps between trials
-        "median_per_trial": med,
-        "per_trial": per_trial,
+        "python": sys.version.split()[0], "steps": args.steps, "batch": args.batch, "probe": args.probe,
+        "ray_start_s": round(ray_start_s, 1), "target_overhead": 0.20,
+        "load_avg_1m": round(os.getloadavg()[0], 2), "runs": runs,
     }
+    if len(runs) > 1:  # the first value is the baseline
+        out["speedup"] = {f"workers={r['num_workers']}": round(runs[0]["sweep_wall_s"] / r["sweep_wall_s"], 2)
+                          for r in runs[1:]}
     print(json.dumps(out, indent=1))
     return out
 

@@ -24,7 +24,8 @@ from pipelines.data.reader import ReadContext, mixed_datasource
 from pipelines.data.select import Selection, select_pool
 from pipelines.data.storage import filesystem
 
-__all__ = ["build_train_dataset", "iter_torch_batches", "build_epoch", "BuiltEpoch"]
+__all__ = ["build_train_dataset", "iter_torch_batches", "build_epoch", "BuiltEpoch", "compute_selections",
+           "use_selections"]
 
 _SELECTIONS: dict[str, Selection] = {}
 
@@ -46,12 +47,38 @@ class BuiltEpoch:
         return sum(p.n_slots for p in self.plans)
 
 
+def _selection_key(cfg: DataConfig, shards: list[PoolShard]) -> str:
+    return cfg.model_dump_json(include={"pool", "s3"}) + repr([(s.name, s.size) for s in shards])
+
+
 def _selection(cfg: DataConfig, shards: list[PoolShard], fresh: bool) -> Selection:
     """The pool selection, computed once per (pool settings, shard listing) in this process."""
-    key = cfg.model_dump_json(include={"pool", "s3"}) + repr([(s.name, s.size) for s in shards])
+    key = _selection_key(cfg, shards)
     if fresh or key not in _SELECTIONS:
         _SELECTIONS[key] = select_pool(cfg, shards)
     return _SELECTIONS[key]
+
+
+def compute_selections(configs: list[DataConfig]) -> dict[str, Selection]:
+    """The selection of every distinct pool among `configs`, keyed like this process's cache: a sweep
+    computes them once in its driver and hands them to every trial (`use_selections`), instead of each
+    trial's fresh process scanning the pool's metadata again."""
+    out, seen = {}, set()
+    for cfg in configs:
+        pool = cfg.model_dump_json(include={"pool", "s3"})
+        if pool in seen:
+            continue
+        seen.add(pool)
+        fs, root = filesystem(cfg.pool.uri, cfg.s3)
+        shards = list_pool_shards(fs, root)
+        ensure_ray()
+        out[_selection_key(cfg, shards)] = _selection(cfg, shards, False)
+    return out
+
+
+def use_selections(selections: dict[str, Selection]) -> None:
+    """Seed this process's cache; a key whose shard listing has changed since simply never matches."""
+    _SELECTIONS.update(selections)
 
 
 def _tasks(plans: list[EpochPlan]) -> tuple[list[dict], dict[str, int]]:

@@ -27,6 +27,11 @@ def ensure_ray() -> None:
         ray.init(include_dashboard=False, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
 
 
+# CPUs reserved per metadata-scan task: mostly I/O, and small enough to fit beside running trainings (a
+# trial holds its driver, worker and one decode task: a 1-CPU scan could wait on them forever on 2 CPUs)
+SCAN_CPUS = 0.25
+
+
 def _num_blocks(n_items: int) -> int:
     import ray
 
@@ -54,7 +59,7 @@ def scan_reduce(items: list[dict], per_item: Callable[[dict], Any], combine: Cal
 
     if not items:
         raise ValueError("nothing to scan")
-    parts = items_dataset(items).map_batches(run, batch_size=None, batch_format="numpy")
+    parts = items_dataset(items).map_batches(run, batch_size=None, batch_format="numpy", num_cpus=SCAN_CPUS)
     return _fold(combine, (pickle.loads(row["part"]) for row in parts.iter_rows()))
 
 

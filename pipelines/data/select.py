@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from pipelines.data import formats, storage
 from pipelines.data.config import DataConfig
 from pipelines.data.quantile import bin_stats, merge_stats, quantile_linear
-from pipelines.data.raytools import scan_reduce
+from pipelines.data.raytools import SCAN_CPUS, scan_reduce
 
 __all__ = ["ShardCounts", "Selection", "select_pool", "shard_scores"]
 
@@ -124,7 +124,7 @@ def find_duplicates(fs, shards: list[formats.PoolShard]) -> dict[str, list[str]]
         return pa.concat_tables(tables)
 
     meta = items_dataset([{"name": s.name, "meta": s.meta} for s in shards]).map_batches(
-        rows, batch_size=None, batch_format="numpy")
+        rows, batch_size=None, batch_format="numpy", num_cpus=SCAN_CPUS)
     import ray
 
     parts = max(1, min(len(shards), 2 * int(ray.cluster_resources().get("CPU", 1)), 256))

@@ -30,14 +30,15 @@ class SweepPlan:
 
 
 def plan_resources(spec: SweepSpec, trials: list[Trial], cluster_cpus: float) -> SweepPlan:
-    """Concurrency from the cluster. A running trial holds its driver CPU, its workers' CPUs, and needs room
-    for one read and one decode task of its Ray Data pipeline; trials beyond that would starve (and on 2
-    CPUs deadlock), so they queue."""
+    """Concurrency from the cluster. A running trial holds its driver CPU, its workers' CPUs (one worker's
+    when it trains in-process), and needs room for one task of each stage of its Ray Data pipeline (fused:
+    one read+decode task; else one read and one decode task); trials beyond that would starve (and on 2 CPUs
+    deadlock), so they queue."""
     runnable = [t for t in trials if t.duplicate_of is None]
     cfg = runnable[0].config
-    sc = cfg.scaling
-    per_trial = spec.resources.cpus_per_trial + max(sc.num_workers, 1) * sc.cpus_per_worker  # 0: in the trial task
-    per_trial += 2 * cfg.data.decode.num_cpus
+    sc, d = cfg.scaling, cfg.data.decode
+    per_trial = spec.resources.cpus_per_trial + max(sc.num_workers, 1) * sc.cpus_per_worker
+    per_trial += d.num_cpus if d.compute == "fused" else d.read_num_cpus + d.num_cpus
     fit = max(1, int(math.floor(cluster_cpus / per_trial + 1e-9)))
     # An explicit limit wins: on an autoscaling cluster the resources are not there yet when planning.
     limit = spec.resources.max_concurrent_trials or fit
@@ -64,10 +65,13 @@ def open_parent_run(spec: SweepSpec, trials: list[Trial]) -> tuple[str, str]:
     return uri, run_id
 
 
-def _run_trial(trial: Trial, parent_run_id: str) -> dict:
+def _run_trial(trial: Trial, parent_run_id: str, selections: dict) -> dict:
     """Pre-train (a TorchTrainer; resumes from the trial's own checkpoints) and probe one trial."""
+    from pipelines.data.pipeline import use_selections
     from pipelines.probe_runner import probe_checkpoint
     from pipelines.train.driver import pretrain
+
+    use_selections(selections)  # the sweep driver scanned the pool once for every trial
 
     tags = {"sweep": trial.config.tags.get("sweep", ""), "axis": trial.axis, "value": trial.value,
             "trial": trial.trial_id}
@@ -79,7 +83,8 @@ def _run_trial(trial: Trial, parent_run_id: str) -> dict:
     return out
 
 
-def _trainable(config: dict, trials: dict, parent_run_id: str, driver_resources: dict[str, float]) -> None:
+def _trainable(config: dict, trials: dict, parent_run_id: str, driver_resources: dict[str, float],
+               selections: dict) -> None:
     """Tune function trainable. Tune's trial placement group captures child tasks, which would squeeze the
     trial's Ray Data and Train work into the driver's small bundle; the trial's work therefore runs in a
     task scheduled outside the group (it dies with this trial, by Ray's ownership rules)."""
@@ -95,7 +100,7 @@ def _trainable(config: dict, trials: dict, parent_run_id: str, driver_resources:
     gpus = sc.gpus_per_worker if sc.num_workers == 0 and sc.use_gpu else 0
     task = ray.remote(_run_trial).options(num_cpus=cpus, num_gpus=gpus, max_retries=0, scheduling_strategy=escape,
                                           resources=driver_resources)
-    ray.tune.report(ray.get(task.remote(trial, parent_run_id)))
+    ray.tune.report(ray.get(task.remote(trial, parent_run_id, selections)))
 
 
 def _storage_root(trial: Trial) -> tuple:
@@ -118,8 +123,12 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
     from pipelines.submit import DRIVER_RESOURCE
 
     driver = {DRIVER_RESOURCE: 0.01} if ray.cluster_resources().get(DRIVER_RESOURCE) else {}
+    from pipelines.data.pipeline import compute_selections
+
+    selections = compute_selections([t.config.data for t in plan.trials])
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, trials=trials, parent_run_id=parent, driver_resources=driver),
+        tune.with_parameters(_trainable, trials=trials, parent_run_id=parent, driver_resources=driver,
+                             selections=selections),
         tune.PlacementGroupFactory([{"CPU": plan.cpus_per_trial, **driver}]))
     path = f"{root.rstrip('/')}/sweeps/{spec.name}"
     if resume and ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
