@@ -138,7 +138,7 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
         tuner = ray.tune.Tuner(
             trainable,
             param_space={"trial_id": tune.grid_search(list(trials))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=plan.max_concurrent, reuse_actors=False),
+            tune_config=tune.TuneConfig(max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
             run_config=ray.tune.RunConfig(name=f"{spec.name}", storage_path=f"{root.rstrip('/')}/sweeps",
                                           storage_filesystem=fs, verbose=1,
                                           failure_config=ray.tune.FailureConfig(max_failures=1)),
