@@ -80,3 +80,30 @@ def test_truncated_jpeg_raises(photo):
 def test_eval_image_is_deterministic_centre_crop(photo):
     a = eval_image(photo, 20)
     assert a.shape == (3, 20, 20) and np.array_equal(a, eval_image(photo, 20))
+
+
+def _reference(data: bytes, size: int, aug: AugmentConfig) -> np.ndarray:
+    ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.Resampling.BICUBIC),
+                     dtype=np.float32) / 255
+    return ((ref - np.array(aug.mean)) / np.array(aug.std)).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_mid_size_jpeg_torchvision_path_matches_pil(mode):
+    """160 px -> 128 px: no reduced JPEG scale fits, so torchvision decodes and resizes; the result matches a
+    PIL decode + resize up to resampling rounding, for RGB, greyscale and CMYK JPEGs."""
+    y, x = np.mgrid[0:160, 0:160]
+    rgb = np.stack([x, y, (x + y) // 2], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert(mode).save(buf, format="JPEG", quality=95)
+    aug = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=0.0)
+    out = augment_image(buf.getvalue(), 128, aug, seed=0)
+    assert out.shape == (3, 128, 128)
+    assert np.abs(out - _reference(buf.getvalue(), 128, aug)).max() < 0.1
+
+
+def test_mid_size_truncated_jpeg_raises_oserror():
+    y, x = np.mgrid[0:160, 0:160]
+    data = _jpeg(np.stack([x, y, x], -1).astype(np.uint8))
+    with pytest.raises(OSError):
+        augment_image(data[: len(data) // 2], 128, AugmentConfig(), seed=0)
