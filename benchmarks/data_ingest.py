@@ -115,7 +115,8 @@ def _config(pool: str, args):
     return DataConfig.model_validate({
         "pool": {"uri": pool, "top_fraction": 1.0}, "curated": {"uri": str(CIFAR)},
         "mix": {"pool_probability": 1.0},
-        "decode": {"concurrency": args.workers, "num_cpus": 1, "batch_size": args.batch, "compute": args.compute}})
+        "decode": {"concurrency": args.workers, "num_cpus": 1, "batch_size": args.batch, "compute": args.compute,
+                   **({"block_rows": args.block_rows} if args.block_rows else {})}})
 
 
 def _summary(runs: list[tuple[int, float, float]]) -> tuple[float, float]:
@@ -150,6 +151,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compute", choices=["fused", "tasks", "actors"], default="fused")
+    p.add_argument("--block-rows", type=int, default=None, help="decode.block_rows (default: the config's)")
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
