@@ -15,28 +15,17 @@ from __future__ import annotations
 import io
 import math
 
+import functools
 import warnings
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2.functional import resize
-
-try:  # deprecated since torchvision 0.29 (TorchCodec replaces it) and warns on every call; PIL covers its absence
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
-except ImportError:  # pragma: no cover - a torchvision without the image ops
-    decode_jpeg = None
 
 from pipelines.data.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 
 __all__ = ["crop_params", "augment_image", "eval_image", "decode"]
 
-_RESAMPLE = {"bicubic": (Image.Resampling.BICUBIC, InterpolationMode.BICUBIC),
-             "bilinear": (Image.Resampling.BILINEAR, InterpolationMode.BILINEAR)}
+_RESAMPLE = {"bicubic": (Image.Resampling.BICUBIC, "BICUBIC"), "bilinear": (Image.Resampling.BILINEAR, "BILINEAR")}
 SMALL_PIXELS = 64 * 64  # sources up to this size: PIL throughout is as fast or faster (benchmarks/decode.py)
 
 
@@ -69,6 +58,24 @@ def decode(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data))
 
 
+@functools.cache
+def _torch_ops():
+    """(torch, resize, InterpolationMode, decode_jpeg or None, ImageReadMode), imported on first use: importing
+    torchvision costs ~1.8 s per process, which CIFAR-sized images (PIL only) never need to pay."""
+    import torch
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2.functional import resize
+
+    try:  # deprecated since torchvision 0.29 (TorchCodec replaces it), warns on every call; PIL covers its absence
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                                category=DeprecationWarning)
+    except ImportError:  # pragma: no cover - a torchvision without the image ops
+        decode_jpeg = ImageReadMode = None
+    return torch, resize, InterpolationMode, decode_jpeg, ImageReadMode
+
+
 def _load_crop(img: Image.Image, data: bytes, box: tuple[int, int, int, int], size: int,
                resample: tuple) -> np.ndarray:
     """Decode `img` (its bytes: `data`) and resize the crop `box` (full-resolution pixels) to (size, size, 3) uint8."""
@@ -77,12 +84,13 @@ def _load_crop(img: Image.Image, data: bytes, box: tuple[int, int, int, int], si
     pil_mode, torch_mode = resample
     if width * height <= SMALL_PIXELS:  # tiny images (CIFAR): torch's per-call overhead outweighs its speed
         return np.asarray(img.convert("RGB").resize((size, size), resample=pil_mode, box=box))
+    torch, resize, modes, decode_jpeg, read_mode = _torch_ops()
     chw = None
     if img.format == "JPEG":
         img.draft("RGB", (math.ceil(width * size / max(x1 - x0, 1)), math.ceil(height * size / max(y1 - y0, 1))))
         if img.size == (width, height) and decode_jpeg is not None:  # no reduced scale fits: torchvision's is faster
             try:
-                chw = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+                chw = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode.RGB)
             except RuntimeError:
                 chw = None  # PIL below decodes it, or raises a clear error for a corrupt file
     if chw is None:
@@ -90,7 +98,7 @@ def _load_crop(img: Image.Image, data: bytes, box: tuple[int, int, int, int], si
     sx, sy = chw.shape[2] / width, chw.shape[1] / height
     left, top = min(round(x0 * sx), chw.shape[2] - 1), min(round(y0 * sy), chw.shape[1] - 1)
     right, bottom = max(round(x1 * sx), left + 1), max(round(y1 * sy), top + 1)
-    out = resize(chw[:, top:bottom, left:right], [size, size], interpolation=torch_mode, antialias=True)
+    out = resize(chw[:, top:bottom, left:right], [size, size], interpolation=modes[torch_mode], antialias=True)
     return out.permute(1, 2, 0).numpy()
 
 
