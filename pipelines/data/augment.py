@@ -92,7 +92,7 @@ def _load_crop(img: Image.Image, data: bytes, box: tuple[int, int, int, int], si
             try:
                 chw = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode.RGB)
             except RuntimeError:
-                chw = None  # PIL below decodes it, or raises a clear error for a corrupt file
+                pass  # PIL below decodes it, or raises a clear error for a corrupt file
     if chw is None:
         chw = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
     sx, sy = chw.shape[2] / width, chw.shape[1] / height

@@ -103,12 +103,6 @@ def _trainable(config: dict, trials: dict, parent_run_id: str, driver_resources:
     ray.tune.report(ray.get(task.remote(trial, parent_run_id, selections)))
 
 
-def _storage_root(trial: Trial) -> tuple:
-    from pipelines.data.storage import resolve
-
-    return resolve(trial.config.storage.path, trial.config.data.s3)
-
-
 def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
     """Fit (or restore and finish) the Tuner. Returns the ResultGrid."""
     import ray
@@ -116,7 +110,9 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
     from ray import tune
 
     uri, parent = open_parent_run(spec, plan.all_trials)
-    fs, root = _storage_root(plan.trials[0])
+    from pipelines.train.checkpoint import run_storage
+
+    fs, root = run_storage(plan.trials[0].config)
     trials = {t.trial_id: t for t in plan.trials}
     # Clusters from infra/ advertise TRAIN_DRIVER on the on-demand head only: trial drivers go there, never
     # onto spot GPU nodes whose reclaim would kill them.

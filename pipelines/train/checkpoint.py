@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TrainState", "save_state", "load_state", "read_state", "persist_checkpoint", "STATE_FILE", "META_FILE",
-           "LOCAL_PREFIX"]
+__all__ = ["TrainState", "save_state", "load_state", "read_state", "persist_checkpoint", "run_storage", "STATE_FILE",
+           "META_FILE", "LOCAL_PREFIX"]
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"  # small: lets the driver find the latest checkpoint without loading it
@@ -55,6 +55,13 @@ def load_state(directory: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def run_storage(cfg) -> tuple:
+    """(pyarrow filesystem or None for a local path, storage root) of an experiment's runs and checkpoints."""
+    from pipelines.data.storage import resolve
+
+    return resolve(cfg.storage.path, cfg.data.s3)
+
+
 def read_state(fs, ckpt_path: str) -> dict:
     """`load_state` of a checkpoint directory in storage: a local path (fs None) or a pyarrow filesystem path."""
     if fs is None:
@@ -80,8 +87,8 @@ def persist_checkpoint(local_dir: str | Path, fs, run_dir: str, step: int, keep:
     dest = f"{run_dir.rstrip('/')}/.{name}.tmp" if local else final
     fs.create_dir(dest, recursive=True)
     for fname in (STATE_FILE, META_FILE):  # meta last
-        with fs.open_output_stream(f"{dest}/{fname}") as out:
-            out.write(Path(local_dir, fname).read_bytes())
+        pafs.copy_files(str(Path(local_dir, fname).resolve()), f"{dest}/{fname}",
+                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     if local:
         if fs.get_file_info(final).type != pafs.FileType.NotFound:
             fs.delete_dir(final)

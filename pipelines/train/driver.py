@@ -15,6 +15,7 @@ import yaml
 from pipelines import tracking
 from pipelines.config import ExperimentConfig, flatten
 from pipelines.train.checkpoint import LOCAL_PREFIX, META_FILE, read_state
+from pipelines.train.checkpoint import run_storage as _storage  # the driver's short name
 from pipelines.train.loop import LoopArgs, test_hooks_from_env, train_loop_per_worker
 
 __all__ = ["PretrainResult", "pretrain", "latest_checkpoint"]
@@ -26,14 +27,6 @@ class PretrainResult:
     checkpoint_uri: str | None
     step: int
     resumed_from: int
-
-
-def _storage(cfg: ExperimentConfig):
-    """(pyarrow filesystem or None, storage path) for RunConfig; local paths are made absolute."""
-    from pipelines.data.storage import resolve
-
-    fs, path = resolve(cfg.storage.path, cfg.data.s3)
-    return fs, path
 
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it registered

@@ -14,7 +14,7 @@ import torch
 from aim_core import AIM
 from pipelines.config import ExperimentConfig
 from pipelines.train import parallel
-from pipelines.train.checkpoint import TrainState, load_state, persist_checkpoint, read_state, save_state
+from pipelines.train.checkpoint import TrainState, load_state, persist_checkpoint, read_state, run_storage, save_state
 from pipelines.train.optim import build_optimizer, build_scheduler
 from pipelines.train.state_io import full_state, restore
 
@@ -111,7 +111,7 @@ def train_loop_per_worker(raw_args: dict) -> None:
     state = TrainState()
     if local:  # local mode keeps no checkpoints: the driver names the one to resume from
         if args.extra.get("resume_from"):
-            saved = read_state(_storage(cfg)[0], args.extra["resume_from"])
+            saved = read_state(run_storage(cfg)[0], args.extra["resume_from"])
             state = restore(saved, model, optimizer, scheduler, generator, strategy)
     elif (ckpt := ray.train.get_checkpoint()) is not None:
         with ckpt.as_directory() as d:
@@ -248,12 +248,6 @@ def _reduce_any(x: torch.Tensor, world: int) -> torch.Tensor:
     return x.bool()
 
 
-def _storage(cfg: ExperimentConfig) -> tuple:
-    from pipelines.data.storage import resolve
-
-    return resolve(cfg.storage.path, cfg.data.s3)
-
-
 def _checkpoint(cfg, args, model, optimizer, scheduler, generator, state, strategy, rank, preview) -> None:
     model_sd, optim_sd = full_state(model, optimizer, strategy)  # collective under FSDP: every rank calls it
     metrics = {"step": state.step, "epoch": state.epoch}
@@ -264,7 +258,7 @@ def _checkpoint(cfg, args, model, optimizer, scheduler, generator, state, strate
             save_state(tmp, model_sd, optim_sd, scheduler.state_dict(), state, generator, extra)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         if args.extra.get("local"):  # Ray Train's local mode would drop it: persist it like Ray Train storage
-            fs, root = _storage(cfg)
+            fs, root = run_storage(cfg)
             persist_checkpoint(tmp, fs, f"{root.rstrip('/')}/{cfg.run_name}", state.step, cfg.storage.keep)
         else:
             ray.train.report(metrics, checkpoint=checkpoint)
