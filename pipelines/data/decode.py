@@ -1,4 +1,4 @@
-"""Decode + augment as Ray Data UDFs, and the per-shard bad-sample accounting (`QualityTracker`)."""
+"""Decode + augment as Ray Data UDFs; undecodable rows are skipped and reported (`quality.report_bad`)."""
 
 from __future__ import annotations
 
@@ -6,41 +6,12 @@ import numpy as np
 
 from pipelines.data.augment import augment_image
 from pipelines.data.config import AugmentConfig
-from pipelines.data.errors import BadSamplesError
+from pipelines.data.quality import Quality, report_bad
 
-__all__ = ["QualityTracker", "report_bad", "decode_batch", "DecodeActor"]
-
-
-class QualityTracker:
-    """Counts skipped samples per shard and reason (unique slots, so re-reading an epoch does not
-    double-count) and says when a shard passes `max_bad_fraction` of the samples it feeds this epoch."""
-
-    def __init__(self, expected: dict[str, int], max_bad_fraction: float):
-        self.expected, self.max_bad = expected, max_bad_fraction
-        self.bad: dict[str, dict[str, set[int]]] = {}
-
-    def report(self, shard: str, reason: str, slots: list[int]) -> str | None:
-        self.bad.setdefault(shard, {}).setdefault(reason, set()).update(slots)
-        n_bad = sum(len(s) for s in self.bad[shard].values())
-        total = max(self.expected.get(shard, n_bad), 1)
-        if n_bad > self.max_bad * total:
-            kind, _, name = shard.partition(":")
-            what = "pool shard" if kind == "pool" else "curated file"
-            reasons = ", ".join(f"{len(s)} {r}" for r, s in sorted(self.bad[shard].items()))
-            return (f"{what} {name!r}: {n_bad} of {total} samples are unusable ({reasons}), more than "
-                    f"data.max_bad_fraction={self.max_bad}")
-        return None
-
-    def summary(self) -> dict:
-        by_reason: dict[str, int] = {}
-        for reasons in self.bad.values():
-            for r, s in reasons.items():
-                by_reason[r] = by_reason.get(r, 0) + len(s)
-        by_shard = {sh: {r: len(s) for r, s in rs.items()} for sh, rs in self.bad.items()}
-        return {"by_reason": by_reason, "by_shard": by_shard}
+__all__ = ["decode_batch", "DecodeActor"]
 
 
-def decode_batch(batch: dict[str, np.ndarray], *, img_size: int, aug: AugmentConfig, tracker,
+def decode_batch(batch: dict[str, np.ndarray], *, img_size: int, aug: AugmentConfig, tracker: Quality,
                  keep_source: bool = False) -> dict[str, np.ndarray]:
     """Ray Data UDF: encoded rows -> {"image": (B, 3, S, S) float32}; undecodable rows are skipped."""
     out, ok, bad = [], [], {}
@@ -66,13 +37,3 @@ class DecodeActor:
 
     def __call__(self, batch):
         return decode_batch(batch, **self.kwargs)
-
-
-def report_bad(tracker, bad: dict[str, list[int]], reason: str) -> None:
-    """Tell the tracker about bad samples (by shard and slot); raise once a shard is past the limit."""
-    import ray
-
-    for shard, slots in bad.items():
-        message = ray.get(tracker.report.remote(shard, reason, slots))
-        if message:
-            raise BadSamplesError(message)

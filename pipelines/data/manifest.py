@@ -46,8 +46,6 @@ def _pool_section(cfg: DataConfig, sel) -> dict:
 
 def build_manifest(cfg: DataConfig, seed: int, epoch: int = 0, img_size: int = 32) -> dict:
     """Select, plan and stream one epoch through decode + augment, counting what comes out."""
-    import ray
-
     from pipelines.data.pipeline import build_epoch
 
     t0 = time.perf_counter()
@@ -56,7 +54,7 @@ def build_manifest(cfg: DataConfig, seed: int, epoch: int = 0, img_size: int = 3
     for batch in built.ds.iter_batches(batch_size=1024, batch_format="numpy"):
         p = int(batch["is_pool"].sum())
         n_pool, n_cur = n_pool + p, n_cur + len(batch["is_pool"]) - p
-    quality = ray.get(built.tracker.summary.remote())
+    quality = built.tracker.summary()
     pool = _pool_section(cfg, built.selection)
     plan, cur = built.plan, built.curated
     skipped = {"duplicate_uid": pool["duplicates_dropped"], "missing_score": pool["missing_score"],

@@ -4,7 +4,7 @@
     for images in iter_torch_batches(ray.train.get_dataset_shard("train"), batch_size=64):
         ...                                                               # (B, 3, S, S) float32
 
-Corrupt or missing images are skipped and counted per shard by a small actor (`QualityTracker`);
+Corrupt or missing images are skipped and counted per shard by a small actor (`quality.QualityTracker`);
 a shard past `cfg.max_bad_fraction` of its samples stops the run with an error naming it.
 """
 
@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipelines.data.config import DataConfig
-from pipelines.data.decode import DecodeActor, QualityTracker, decode_batch
+from pipelines.data.decode import DecodeActor, decode_batch
 from pipelines.data.formats import PoolShard, list_pool_shards
 from pipelines.data.plan import CuratedSource, EpochPlan, curated_source, plan_epoch
+from pipelines.data.quality import Quality, new_quality
 from pipelines.data.raytools import ensure_ray
 from pipelines.data.reader import ReadContext, mixed_datasource
 from pipelines.data.select import Selection, select_pool
@@ -36,7 +37,7 @@ class BuiltEpoch:
     selection: Selection
     curated: CuratedSource
     plans: list[EpochPlan]  # one per epoch, in stream order
-    tracker: object  # actor handle
+    tracker: Quality  # this build's ledger of skipped samples (`tracker.summary()`)
 
     @property
     def plan(self) -> EpochPlan:
@@ -110,7 +111,7 @@ def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
         num_epochs = max(1, math.ceil(1.05 * min_samples / max(plans[0].n_slots, 1)))
     plans += [plan_epoch(cfg, sel, cur, seed, e) for e in range(epoch + 1, epoch + num_epochs)]
     tasks, expected = _tasks(plans)
-    tracker = ray.remote(num_cpus=0)(QualityTracker).remote(expected, cfg.max_bad_fraction)
+    tracker = new_quality(expected, cfg.max_bad_fraction)
     d = cfg.decode
     kwargs = {"img_size": img_size, "aug": cfg.augment, "keep_source": keep_source}
     fused = d.compute == "fused"

@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ensure_ray", "scan_reduce", "items_dataset"]
+__all__ = ["ensure_ray", "scan_reduce", "items_dataset", "prompt_data_limits"]
 
 
 def ensure_ray() -> None:
     """Attach to RAY_ADDRESS if set, else start a local Ray (no dashboard, no usage stats)."""
     import ray
 
+    prompt_data_limits()
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -25,6 +26,28 @@ def ensure_ray() -> None:
         ray.init(address=address)
     else:
         ray.init(include_dashboard=False, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+
+
+# How often (s) a Ray Data execution re-reads its resource limits (Ray's default: 1 s).
+DATA_LIMITS_REFRESH_S = 0.05
+
+
+def prompt_data_limits() -> None:
+    """Make Ray Data executions in this process use the whole cluster from their first tenth of a second.
+
+    An execution learns its CPU/memory limits from Ray Data's autoscaling coordinator actor, whose answer
+    arrives asynchronously, and re-reads them once per second. Its first read is always empty, so for its
+    first second every execution schedules as if the cluster had no CPUs: one task at a time (measured in
+    Ray 2.60: a 1.0 s window of zero limits per pass, 0.03 s with this setting; benchmarks/data_ingest.py).
+    A short pass or a short sweep trial spends a large share of its time there. The re-read itself is a
+    non-blocking poll of that actor's cached answer, so polling it 20 times a second costs nothing
+    measurable. A Ray without this class attribute is left alone."""
+    try:
+        from ray.data._internal.execution.resource_manager import ResourceManager
+    except ImportError:  # pragma: no cover - a Ray Data that moved its resource manager
+        return
+    if getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", 0) > DATA_LIMITS_REFRESH_S:
+        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = DATA_LIMITS_REFRESH_S
 
 
 # CPUs reserved per metadata-scan task: mostly I/O, and small enough to fit beside running trainings (a
@@ -57,9 +80,15 @@ def scan_reduce(items: list[dict], per_item: Callable[[dict], Any], combine: Cal
         acc = _fold(combine, (per_item(json.loads(s)) for s in batch["spec"]))
         return {"part": np.array([pickle.dumps(acc)], dtype=object)}
 
+    import ray
+
     if not items:
         raise ValueError("nothing to scan")
-    parts = items_dataset(items).map_batches(run, batch_size=None, batch_format="numpy", num_cpus=SCAN_CPUS)
+    # at most one task per CPU: more would each start a fresh worker process (~1 CPU-s apiece), which on a
+    # small machine costs more than the metadata reads they overlap
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    parts = items_dataset(items).map_batches(run, batch_size=None, batch_format="numpy", num_cpus=SCAN_CPUS,
+                                             concurrency=cpus)
     return _fold(combine, (pickle.loads(row["part"]) for row in parts.iter_rows()))
 
 

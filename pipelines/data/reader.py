@@ -16,16 +16,22 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipelines.data import formats
-from pipelines.data.decode import decode_batch, report_bad
+from pipelines.data.decode import decode_batch
 from pipelines.data.errors import DataError
 from pipelines.data.mix import CuratedStream, SlotPattern, aug_seeds, row_order
 from pipelines.data.plan import CuratedSource
+from pipelines.data.quality import Quality, report_bad
+from pipelines.data.raytools import prompt_data_limits
 from pipelines.data.select import shard_scores
 from pipelines.data.storage import StorageError
 
 __all__ = ["ReadContext", "mixed_datasource", "SLOTS_PER_EPOCH"]
 
 SLOTS_PER_EPOCH = 2**40
+
+# Every process that unpickles a dataset built on these read tasks imports this module, including the
+# split coordinator that runs a Ray Train dataset's execution: that is how it gets the setting too.
+prompt_data_limits()
 
 
 @dataclass
@@ -38,7 +44,7 @@ class ReadContext:
     pool_probability: float
     window: int
     chunk: int
-    tracker: object  # QualityTracker actor handle
+    tracker: Quality
     decode: dict | None = None  # decode_batch kwargs when decoding inside the read task ("fused")
 
 

@@ -83,6 +83,26 @@ def test_too_many_corrupt_images_stop_the_run(ray_session, demo_local):
     assert any(f"pool shard '{s}'" in text for s in ("00000", "00001", "00003"))
 
 
+def test_builds_in_one_process_keep_separate_ledgers_on_one_tracker(ray_session, demo_local):
+    """Every build in a process reports to the same tracker actor (no actor start per dataset), each into
+    its own ledger: a shard's limit counts only the epochs of that build."""
+    cfg = demo_config(demo_local[0])
+    first = build_epoch(cfg, 16, seed=0)
+    bad = ("pool:00000", "pool:00001", "pool:00003")  # one broken image each (see test_build_on_s3_...)
+    # 1.5 bad samples allowed per shard and build: one build passes, two builds' worth in one ledger would not
+    limit = 1.5 / min(first.tracker.expected[s] for s in bad)
+    cfg = demo_config(demo_local[0], max_bad_fraction=limit)
+    a, b = build_epoch(cfg, 16, seed=0, epoch=0), build_epoch(cfg, 16, seed=0, epoch=1)
+    assert a.tracker.actor._actor_id == b.tracker.actor._actor_id and a.tracker.build != b.tracker.build
+    assert b.tracker.summary() == {"by_reason": {}, "by_shard": {}}
+    for built in (a, b):
+        n = sum(len(x["image"]) for x in built.ds.iter_batches(batch_size=64))
+        assert n == built.plan.n_slots - 3
+        summary = built.tracker.summary()
+        assert summary["by_reason"] == {"corrupt_image": 2, "missing_image": 1}
+        assert set(summary["by_shard"]) == set(bad)
+
+
 def test_shard_missing_at_read_time_is_named(ray_session, demo_local, tmp_path):
     shutil.copytree(demo_local[0], tmp_path / "demo")
     cfg = demo_config(str(tmp_path / "demo"))
