@@ -105,12 +105,20 @@ def _trainable(config: dict, trials: dict, parent_run_id: str, driver_resources:
 
 def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
     """Fit (or restore and finish) the Tuner. Returns the ResultGrid."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import ray
     import ray.tune
     from ray import tune
 
-    uri, parent = open_parent_run(spec, plan.all_trials)
+    from pipelines.data.pipeline import compute_selections
     from pipelines.train.checkpoint import run_storage
+
+    # the parent run (MLflow) and the pool selection (Ray Data) do not depend on each other: overlap them
+    with ThreadPoolExecutor(1, thread_name_prefix="parent-run") as pool:
+        opening = pool.submit(open_parent_run, spec, plan.all_trials)
+        selections = compute_selections([t.config.data for t in plan.trials])
+        uri, parent = opening.result()
 
     fs, root = run_storage(plan.trials[0].config)
     trials = {t.trial_id: t for t in plan.trials}
@@ -119,9 +127,6 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
     from pipelines.submit import DRIVER_RESOURCE
 
     driver = {DRIVER_RESOURCE: 0.01} if ray.cluster_resources().get(DRIVER_RESOURCE) else {}
-    from pipelines.data.pipeline import compute_selections
-
-    selections = compute_selections([t.config.data for t in plan.trials])
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, trials=trials, parent_run_id=parent, driver_resources=driver,
                              selections=selections),
