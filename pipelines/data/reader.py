@@ -21,7 +21,7 @@ from pipelines.data.errors import DataError
 from pipelines.data.mix import CuratedStream, SlotPattern, aug_seeds, row_order
 from pipelines.data.plan import CuratedSource
 from pipelines.data.quality import Quality, report_bad
-from pipelines.data.raytools import prompt_data_limits
+from pipelines.data.raytools import tune_ray_data
 from pipelines.data.select import shard_scores
 from pipelines.data.storage import StorageError
 
@@ -31,7 +31,7 @@ SLOTS_PER_EPOCH = 2**40
 
 # Every process that unpickles a dataset built on these read tasks imports this module, including the
 # split coordinator that runs a Ray Train dataset's execution: that is how it gets the setting too.
-prompt_data_limits()
+tune_ray_data()
 
 
 @dataclass
