@@ -74,12 +74,22 @@ def evaluate(probe: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return 100.0 * correct / max(len(y), 1)
 
 
+def _seeded(make, seed: int) -> nn.Module:
+    """A probe whose initial weights depend on `seed` only, not on what else this process drew before (a
+    sweep trial's process may have trained or probed other trials first)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
 def run_probes(cfg: ExperimentConfig, model: AIM, train: tuple[torch.Tensor, torch.Tensor],
                test: tuple[torch.Tensor, torch.Tensor], progress=None) -> ProbeResult:
     blocks = model.resolve_blocks(cfg.probe.blocks)
     train_x, test_x = extract(model, train[0], blocks, progress=progress), extract(model, test[0], blocks, progress=progress)
     classes = int(max(train[1].max(), test[1].max())) + 1
     d, heads = model.config.width, model.config.num_heads
-    att = train_probe(AttentiveProbe(d, classes, heads), train_x, train[1], test_x, test[1], cfg.probe, cfg.seed)
-    lin = train_probe(LinearProbe(d, classes), train_x, train[1], test_x, test[1], cfg.probe, cfg.seed)
+    att = train_probe(_seeded(lambda: AttentiveProbe(d, classes, heads), cfg.seed), train_x, train[1], test_x,
+                      test[1], cfg.probe, cfg.seed)
+    lin = train_probe(_seeded(lambda: LinearProbe(d, classes), cfg.seed), train_x, train[1], test_x, test[1],
+                      cfg.probe, cfg.seed)
     return ProbeResult(att, lin, len(train[1]), len(test[1]), blocks)
