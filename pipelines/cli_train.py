@@ -31,6 +31,9 @@ def pretrain(experiment: Path = typer.Argument(..., help="experiment YAML, e.g. 
     verb = f"resumed from step {res.resumed_from}, " if res.resumed_from else ""
     console.print(f"[green]pretrain[/] {cfg.name}: {verb}at step {res.step}; checkpoint {res.checkpoint_uri}; "
                   f"MLflow run {res.run_id}", highlight=False)
+    if res.skipped:  # counts what the data stream read this attempt (by shard: data_quality.json in the run)
+        what = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(res.skipped.items()))
+        console.print(f"[yellow]skipped samples[/]: {what} (within data.max_bad_fraction)", highlight=False)
 
 
 def _resume_hint(cfg) -> str:

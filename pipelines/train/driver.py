@@ -27,6 +27,7 @@ class PretrainResult:
     checkpoint_uri: str | None
     step: int
     resumed_from: int
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # samples skipped this attempt, by reason
 
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it registered
@@ -174,6 +175,26 @@ def _log_outputs(cfg: ExperimentConfig, uri: str, run_id: str, ckpt_path: str, d
     c.set_tag(run_id, "checkpoint_uri", ckpt_uri)
 
 
+SKIP_REASONS = ("corrupt_image", "missing_image")
+
+
+def _log_skipped(uri: str, run_id: str, quality: dict, step: int) -> None:
+    """Samples this attempt skipped (undecodable / listed but absent), as metrics `data/skipped_<reason>` at
+    the attempt's last step (zeros too, so runs compare in the UI), and by shard in `data_quality.json`
+    when there were any. Counts what the attempt's data stream read, which may run ahead of training."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    by_reason = quality["by_reason"]
+    c = tracking.client(uri)
+    c.log_batch(run_id, metrics=[Metric(f"data/skipped_{r}", float(by_reason.get(r, 0)), now, step)
+                                 for r in sorted(set(SKIP_REASONS) | set(by_reason))])
+    if quality["by_shard"]:
+        c.log_dict(run_id, quality, "data_quality.json")
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to `address` / $RAY_ADDRESS, or start a local Ray (quiet, no usage stats)."""
     import os
@@ -243,10 +264,13 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     else:
         ckpt_path = result.checkpoint.path if result.checkpoint else None
         step = int((result.metrics or {}).get("step", resumed_from))
+    quality = built.tracker.summary()
+    if run_id:
+        _log_skipped(uri, run_id, quality, step)
     if run_id and ckpt_path:
         _log_outputs(cfg, uri, run_id, ckpt_path, ds)
         finished = step >= cfg.schedule.steps
         tracking.client(uri).set_terminated(run_id, status="FINISHED" if finished else "KILLED")
     fs, _ = _storage(cfg)
     uri_out = None if ckpt_path is None else (ckpt_path if fs is None else f"s3://{ckpt_path}")
-    return PretrainResult(run_id, uri_out, step, resumed_from)
+    return PretrainResult(run_id, uri_out, step, resumed_from, dict(quality["by_reason"]))

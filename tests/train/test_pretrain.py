@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,14 @@ def test_two_worker_ddp_trains_checkpoints_and_logs(ddp_run):
     assert ckpts and all((p / "state.pt").is_file() and (p / "meta.json").is_file() for p in ckpts)
     assert res.checkpoint_uri == str(ckpts[-1])
     arts = {a.path for a in c.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "predictions.png", "checkpoint_uri.txt"} <= arts
+    assert {"config.yaml", "predictions.png", "checkpoint_uri.txt", "data_quality.json"} <= arts
+    # the demo corrupts an image in each pool shard (a truncated JPEG, bytes that are not an image); the 512
+    # samples trained on span several demo epochs, each of which skips them again (new slots)
+    corrupt = run.data.metrics["data/skipped_corrupt_image"]
+    assert corrupt >= 2 and run.data.metrics["data/skipped_missing_image"] >= 0
+    quality = json.loads(Path(c.download_artifacts(run.info.run_id, "data_quality.json")).read_text())
+    assert set(quality["by_shard"]) == {"pool:00000", "pool:00001"}
+    assert quality["by_reason"]["corrupt_image"] == corrupt
 
 
 def test_probe_on_pretrained_trunk_beats_chance(ddp_run):
