@@ -74,10 +74,23 @@ def new_quality(expected: dict[str, int], max_bad_fraction: float) -> Quality:
     import ray
 
     job = ray.get_runtime_context().get_job_id()
+    if job in _ACTOR and not _alive(_ACTOR[job]):
+        del _ACTOR[job]
     if job not in _ACTOR:
         _ACTOR.clear()  # a handle from an earlier ray.init is dead
         _ACTOR[job] = ray.remote(num_cpus=0)(QualityTracker).remote()
     return Quality(_ACTOR[job], next(_BUILDS), expected, max_bad_fraction)
+
+
+def _alive(actor) -> bool:
+    """Whether a tracker from an earlier build still answers (one round trip; it has long started)."""
+    import ray
+
+    try:
+        ray.get(actor.summary.remote(-1), timeout=30)
+        return True
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False
 
 
 def report_bad(quality: Quality, bad: dict[str, list[int]], reason: str) -> None:

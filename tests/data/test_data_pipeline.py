@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -101,6 +102,17 @@ def test_builds_in_one_process_keep_separate_ledgers_on_one_tracker(ray_session,
         summary = built.tracker.summary()
         assert summary["by_reason"] == {"corrupt_image": 2, "missing_image": 1}
         assert set(summary["by_shard"]) == set(bad)
+    import ray  # a tracker that died is replaced by the next build, not reused
+
+    ray.kill(a.tracker.actor)
+    with pytest.raises(ray.exceptions.RayActorError):  # wait until Ray reports it dead
+        for _ in range(300):
+            ray.get(a.tracker.actor.summary.remote(-1))
+            time.sleep(0.1)
+    c = build_epoch(cfg, 16, seed=0)
+    assert c.tracker.actor._actor_id != a.tracker.actor._actor_id
+    assert sum(len(x["image"]) for x in c.ds.iter_batches(batch_size=64)) == c.plan.n_slots - 3
+    assert c.tracker.summary()["by_reason"] == {"corrupt_image": 2, "missing_image": 1}
 
 
 def test_shard_missing_at_read_time_is_named(ray_session, demo_local, tmp_path):
