@@ -1,10 +1,7 @@
-"""Bad-sample accounting: one small actor per driver process counts skipped samples for every dataset it builds.
+"""Bad-sample accounting: a small actor counts the skipped samples of one dataset build.
 
 Read/decode tasks report corrupt or missing images (`report_bad`) by shard and slot; a shard past
-`data.max_bad_fraction` of the samples it feeds stops the run with an error naming it. The actor is
-created once per Ray job and reused by every later `build_epoch` in the same process (each build gets its
-own ledger): starting a fresh actor process per dataset cost ~0.6 CPU-s per build, a fifth of a 2-core
-machine during a short data pass (measured with benchmarks/data_ingest.py).
+`data.max_bad_fraction` of the samples it feeds stops the run with an error naming it.
 """
 
 from __future__ import annotations
@@ -65,32 +62,18 @@ class Quality:
         return ray.get(self.actor.summary.remote(self.build))
 
 
-_ACTOR: dict[str, object] = {}  # Ray job id -> this process's tracker actor
 _BUILDS = itertools.count()
 
 
 def new_quality(expected: dict[str, int], max_bad_fraction: float) -> Quality:
-    """A fresh ledger on this process's tracker actor (created on first use in the current Ray job)."""
+    """A fresh ledger on a fresh tracker actor.
+
+    One actor per process, shared by its builds, saved ~0.6 CPU-s per build (measured), but in a clean-clone
+    CI run (session 4) two tests saw a build's ledger holding another build's bad slots, which never
+    happened in this checkout; not understood in time, so every build gets its own actor again."""
     import ray
 
-    job = ray.get_runtime_context().get_job_id()
-    if job in _ACTOR and not _alive(_ACTOR[job]):
-        del _ACTOR[job]
-    if job not in _ACTOR:
-        _ACTOR.clear()  # a handle from an earlier ray.init is dead
-        _ACTOR[job] = ray.remote(num_cpus=0)(QualityTracker).remote()
-    return Quality(_ACTOR[job], next(_BUILDS), expected, max_bad_fraction)
-
-
-def _alive(actor) -> bool:
-    """Whether a tracker from an earlier build still answers (one round trip; it has long started)."""
-    import ray
-
-    try:
-        ray.get(actor.summary.remote(-1), timeout=30)
-        return True
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        return False
+    return Quality(ray.remote(num_cpus=0)(QualityTracker).remote(), next(_BUILDS), expected, max_bad_fraction)
 
 
 def report_bad(quality: Quality, bad: dict[str, list[int]], reason: str) -> None:

@@ -8,6 +8,7 @@ epoch's mixed sequence) and `aug_seed` (the sample's augmentation seed).
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -129,15 +130,15 @@ def _decoded(table: pa.Table, ctx: ReadContext):
 _CONTEXTS: dict[str, ReadContext] = {}
 
 
-def _read_task(spec: dict, ctx_ref) -> Iterator[pa.Table]:
-    """Body of one Ray Data read task; the shared context is fetched once per worker process."""
+def _read_task(spec: dict, token: str, ctx_ref) -> Iterator[pa.Table]:
+    """Body of one Ray Data read task; the shared context is fetched once per worker process and dataset
+    (`token`: unique per dataset, unlike an object id, which a later Ray session in this process may repeat)."""
     import ray
 
-    key = ctx_ref.hex()
-    if key not in _CONTEXTS:
+    if token not in _CONTEXTS:
         _CONTEXTS.clear()
-        _CONTEXTS[key] = ray.get(ctx_ref)
-    yield from _read_one(spec, _CONTEXTS[key])
+        _CONTEXTS[token] = ray.get(ctx_ref)
+    yield from _read_one(spec, _CONTEXTS[token])
 
 
 def mixed_datasource(specs: list[dict], ctx: ReadContext):
@@ -147,14 +148,14 @@ def mixed_datasource(specs: list[dict], ctx: ReadContext):
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
-    ctx_ref = ray.put(ctx)
+    ctx_ref, token = ray.put(ctx), uuid.uuid4().hex
 
     class MixedShards(Datasource):
         def estimate_inmemory_data_size(self) -> int | None:
             return None
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
-            return [ReadTask(functools.partial(_read_task, spec, ctx_ref),
+            return [ReadTask(functools.partial(_read_task, spec, token, ctx_ref),
                              BlockMetadata(num_rows=spec["slot_stop"] - spec["slot_start"], size_bytes=None,
                                            exec_stats=None, input_files=(spec["tar"],)),
                              per_task_row_limit=per_task_row_limit)
