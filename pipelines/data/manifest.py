@@ -12,6 +12,7 @@ import time
 
 from pipelines.data import storage
 from pipelines.data.config import DataConfig
+from pipelines.data.quality import REASONS
 
 __all__ = ["data_version", "build_manifest", "write_manifest"]
 
@@ -58,7 +59,7 @@ def build_manifest(cfg: DataConfig, seed: int, epoch: int = 0, img_size: int = 3
     pool = _pool_section(cfg, built.selection)
     plan, cur = built.plan, built.curated
     skipped = {"duplicate_uid": pool["duplicates_dropped"], "missing_score": pool["missing_score"],
-               "below_threshold": pool["below_threshold"], "missing_image": 0, "corrupt_image": 0}
+               "below_threshold": pool["below_threshold"], **dict.fromkeys(REASONS, 0)}
     skipped.update(quality["by_reason"])
     total = n_pool + n_cur
     return {

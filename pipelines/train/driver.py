@@ -175,9 +175,6 @@ def _log_outputs(cfg: ExperimentConfig, uri: str, run_id: str, ckpt_path: str, d
     c.set_tag(run_id, "checkpoint_uri", ckpt_uri)
 
 
-SKIP_REASONS = ("corrupt_image", "missing_image")
-
-
 def _log_skipped(uri: str, run_id: str, quality: dict, step: int) -> None:
     """Samples this attempt skipped (undecodable / listed but absent), as metrics `data/skipped_<reason>` at
     the attempt's last step (zeros too, so runs compare in the UI), and by shard in `data_quality.json`
@@ -186,11 +183,13 @@ def _log_skipped(uri: str, run_id: str, quality: dict, step: int) -> None:
 
     from mlflow.entities import Metric
 
+    from pipelines.data.quality import REASONS
+
     now = int(time.time() * 1000)
     by_reason = quality["by_reason"]
     c = tracking.client(uri)
     c.log_batch(run_id, metrics=[Metric(f"data/skipped_{r}", float(by_reason.get(r, 0)), now, step)
-                                 for r in sorted(set(SKIP_REASONS) | set(by_reason))])
+                                 for r in sorted(set(REASONS) | set(by_reason))])
     if quality["by_shard"]:
         c.log_dict(run_id, quality, "data_quality.json")
 
