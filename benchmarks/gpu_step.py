@@ -11,7 +11,8 @@ Variants: attention implementation {flex (FlexAttention BlockMask for the prefix
 boolean (B,1,K,K) mask)} x {eager, torch.compile of every trunk and head block}. Each variant: warm-up
 steps, then `--steps` timed steps between two synchronisations. MFU = images/s x
 `model.flops_per_image()["train"]` (analytic, 3x forward, full attention matrix) / peak bf16 dense
-FLOP/s of the GPU (looked up by name; unknown GPU -> MFU null). Peak memory is
+FLOP/s of the GPU (looked up by name; unknown GPU -> MFU null); `fraction_of_measured_matmul` divides by the
+rate of one 8192^3 bf16 matrix product measured on the same card at start instead. Peak memory is
 `torch.cuda.max_memory_allocated` for that variant. One step per variant is also run under
 `torch.cuda.set_sync_debug_mode("warn")` and the host-device synchronisations it reports are counted.
 
@@ -63,6 +64,29 @@ def peak_flops(device: torch.device) -> tuple[str, float | None]:
         if key in name:
             return name, peak
     return name, None
+
+
+def measured_matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float | None:
+    """The card's bf16 matrix-product rate on random data (one n x n x n product, median of `reps`), TFLOP/s."""
+    if device.type != "cuda":
+        return None
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=g)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=g)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    times.sort()
+    del a, b
+    torch.cuda.empty_cache()
+    return round(2 * n**3 / times[len(times) // 2] / 1e12, 1)
 
 
 def is_oom(e: BaseException) -> bool:
@@ -150,6 +174,8 @@ def run_variant(model, opt, cfg_base, impl: str, compiled: bool, batch: int, a, 
     out["tflops_per_s"] = round(batch * flops / dt / 1e12, 2)
     _, peak = peak_flops(device)
     out["mfu"] = round(batch * flops / dt / peak, 4) if peak else None
+    if a.matmul_tflops:
+        out["fraction_of_measured_matmul"] = round(out["tflops_per_s"] / a.matmul_tflops, 4)
     if device.type == "cuda":
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     out["host_syncs_per_step"] = count_syncs(step, device)
@@ -213,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05,
                             fused=device.type == "cuda")
     name, peak = peak_flops(device)
+    a.matmul_tflops = measured_matmul_tflops(device)
     report: dict = {
         "benchmark": "gpu_step", "preset": a.preset, "device": name, "peak_bf16_flops": peak,
+        "measured_bf16_matmul_tflops": a.matmul_tflops,
         "params": model.param_counts(), "flops_per_image": model.flops_per_image(),
         "tokens": cfg.num_patches, "steps": a.steps, "warmup": a.warmup, "clip": a.clip,
         "env": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
