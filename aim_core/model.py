@@ -87,6 +87,10 @@ class AIM(nn.Module):
         """(B, K, ...) raster order -> sequence order (no copy for raster order)."""
         return x if self.identity_order else x[:, self.perm]
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """Trunk blocks, then head blocks (none for a linear head): the units to compile or shard one by one."""
+        return list(self.blocks) + list(getattr(self.head, "blocks", []))
+
     def forward_trunk(self, images: torch.Tensor, mask=None, keep: Sequence[int] = ()) -> tuple[torch.Tensor, list]:
         """Tokens in sequence order through the trunk. Returns (final-normed x, raw outputs of `keep` blocks)."""
         x = self.to_sequence(self.preprocessor(images))  # (B, K, d), sequence order

@@ -8,8 +8,9 @@ Without CUDA (and without `--device cpu`) it prints `{"skipped": "no CUDA"}` and
 A step is: prefix lengths drawn, forward (bf16 autocast) + normalised-pixel loss, backward, gradient
 clipping at 1.0, fused AdamW (on CUDA), zero_grad; nothing in the step reads a value back to the host.
 Variants: attention implementation {flex (FlexAttention BlockMask for the prefix mask), sdpa (SDPA with a
-boolean (B,1,K,K) mask)} x {eager, torch.compile of every trunk and head block}. Each variant: warm-up
-steps, then `--steps` timed steps between two synchronisations. MFU = images/s x
+boolean (B,1,K,K) mask)} x {eager, torch.compile of every trunk and head block, and with `--compile model`
+forward + loss compiled as one graph}. Each variant: warm-up steps, then `--steps` timed steps, each
+between two CUDA events and one synchronisation at the end; ms_per_step is the median step. MFU = images/s x
 `model.flops_per_image()["train"]` (analytic, 3x forward, full attention matrix) / peak bf16 dense
 FLOP/s of the GPU (looked up by name; unknown GPU -> MFU null); `fraction_of_measured_matmul` divides by the
 rate of one 8192^3 bf16 matrix product measured on the same card at start instead. Peak memory is
@@ -105,23 +106,29 @@ def sync(device: torch.device) -> None:
 
 def set_compiled(model: aim_core.AIM, on: bool) -> None:
     """torch.compile every trunk block and every head block (small graphs; the mask stays an input)."""
-    blocks = list(model.blocks) + list(getattr(model.head, "blocks", []))
-    for blk in blocks:
+    for blk in model.repeated_blocks():
         if on:
             blk.compile()
         else:
             blk._compiled_call_impl = None  # back to eager (nn.Module.compile keeps it here)
 
 
-def make_step(model: aim_core.AIM, opt: torch.optim.Optimizer, images: torch.Tensor, clip: float | None):
+def forward_loss(model: aim_core.AIM, images: torch.Tensor, prefix_len: torch.Tensor | None) -> torch.Tensor:
+    with torch.autocast(images.device.type, dtype=torch.bfloat16):
+        preds = model(images, prefix_len)
+    return model.loss_from_predictions(images, preds, prefix_len).loss
+
+
+def make_step(model: aim_core.AIM, opt: torch.optim.Optimizer, images: torch.Tensor, clip: float | None,
+              whole_model: bool = False):
+    """One training step; `whole_model` compiles forward + loss as one graph (backward through AOTAutograd)."""
     params = [p for p in model.parameters() if p.requires_grad]
     device_type = images.device.type
+    fwd = torch.compile(forward_loss) if whole_model else forward_loss
 
     def step() -> torch.Tensor:
         prefix_len = model.sample_prefix_len(images.shape[0])
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            preds = model(images, prefix_len)
-        loss = model.loss_from_predictions(images, preds, prefix_len).loss
+        loss = fwd(model, images, prefix_len)
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(params, clip, foreach=device_type == "cuda")
@@ -132,10 +139,10 @@ def make_step(model: aim_core.AIM, opt: torch.optim.Optimizer, images: torch.Ten
     return step
 
 
-def count_syncs(step, device: torch.device) -> int | None:
-    """Host-device synchronisations in one step, as reported by CUDA sync debug mode."""
+def count_syncs(step, device: torch.device) -> tuple[int | None, list[str]]:
+    """Host-device synchronisations in one step, as reported by CUDA sync debug mode, and where they came from."""
     if device.type != "cuda":
-        return None
+        return None, []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -144,18 +151,19 @@ def count_syncs(step, device: torch.device) -> int | None:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     sync(device)
-    return sum("synchroniz" in str(w.message).lower() for w in caught)
+    hits = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    return len(hits), sorted({f"{os.path.relpath(w.filename)}:{w.lineno}" for w in hits})
 
 
-def run_variant(model, opt, cfg_base, impl: str, compiled: bool, batch: int, a, device) -> dict:
+def run_variant(model, opt, cfg_base, impl: str, comp: str, batch: int, a, device) -> dict:
     model.config = dataclasses.replace(cfg_base, attn_impl=impl)
-    out: dict = {"attn_impl": impl, "compile": "blocks" if compiled else "none", "batch": batch}
+    out: dict = {"attn_impl": impl, "compile": comp, "batch": batch}
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     g = torch.Generator(device="cpu").manual_seed(0)
     images = torch.randn(batch, 3, cfg_base.img_size, cfg_base.img_size, generator=g).to(device)
-    step = make_step(model, opt, images, a.clip)
+    step = make_step(model, opt, images, a.clip, whole_model=comp == "model")
     t0 = time.perf_counter()
     for _ in range(a.warmup):
         loss = step()
@@ -163,12 +171,29 @@ def run_variant(model, opt, cfg_base, impl: str, compiled: bool, batch: int, a, 
     out["warmup_s"] = round(time.perf_counter() - t0, 2)
     if not torch.isfinite(loss).item():
         raise RuntimeError(f"non-finite loss {loss.item()}")
+    # Per-step times from CUDA events recorded around each step, read after one final synchronisation
+    # (host clock per step on the CPU); the median is the figure, the mean of the whole run is kept beside it.
+    times = []
     t0 = time.perf_counter()
-    for _ in range(a.steps):
-        step()
-    sync(device)
-    dt = (time.perf_counter() - t0) / a.steps
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(a.steps)]
+        for ev0, ev1 in events:
+            ev0.record()
+            step()
+            ev1.record()
+        sync(device)
+        times = [ev0.elapsed_time(ev1) / 1e3 for ev0, ev1 in events]
+    else:
+        for _ in range(a.steps):
+            t1 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t1)
+    mean = (time.perf_counter() - t0) / a.steps
+    times.sort()
+    dt = times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
     out["ms_per_step"] = round(1e3 * dt, 2)
+    out["ms_per_step_mean"] = round(1e3 * mean, 2)
+    out["ms_per_step_range"] = [round(1e3 * times[0], 2), round(1e3 * times[-1], 2)]
     out["images_per_s"] = round(batch / dt, 2)
     flops = model.flops_per_image()["train"]
     out["tflops_per_s"] = round(batch * flops / dt / 1e12, 2)
@@ -178,7 +203,9 @@ def run_variant(model, opt, cfg_base, impl: str, compiled: bool, batch: int, a, 
         out["fraction_of_measured_matmul"] = round(out["tflops_per_s"] / a.matmul_tflops, 4)
     if device.type == "cuda":
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    out["host_syncs_per_step"] = count_syncs(step, device)
+    out["host_syncs_per_step"], where = count_syncs(step, device)
+    if where:
+        out["host_sync_sites"] = where
     out["final_loss"] = round(float(loss), 4)
     return out
 
@@ -216,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--impls", default="flex,sdpa")
-    p.add_argument("--compile", default="none,blocks", help="comma list of none,blocks")
+    p.add_argument("--compile", default="none,blocks",
+                   help="comma list of none (eager), blocks (each trunk and head block), model (forward + loss as one graph)")
     p.add_argument("--clip", type=float, default=1.0, help="gradient clip norm (0: off)")
     p.add_argument("--max-seconds", type=float, default=420.0, help="skip variants that would start after this")
     p.add_argument("--json-out", default=None)
@@ -259,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in a.batch_sizes.split(",") if b]
     compile_modes = [c for c in a.compile.split(",") if c]
     for comp in compile_modes:
-        if comp not in ("none", "blocks"):
-            p.error(f"--compile takes none and/or blocks, not {comp!r}")
+        if comp not in ("none", "blocks", "model"):
+            p.error(f"--compile takes none, blocks and/or model, not {comp!r}")
         set_compiled(model, comp == "blocks")
         for impl in [i for i in a.impls.split(",") if i]:
             if time.perf_counter() - start > a.max_seconds:
@@ -269,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             res: dict = {"attn_impl": impl, "compile": comp}
             for i, b in enumerate(batches):
                 try:
-                    res = run_variant(model, opt, cfg, impl, comp == "blocks", b, a, device)
+                    res = run_variant(model, opt, cfg, impl, comp, b, a, device)
                     batches = batches[i:]  # later variants start from the batch that fitted
                     break
                 except Exception as e:  # noqa: BLE001 - OOM falls back, anything else is recorded

@@ -38,7 +38,7 @@ def _fsdp(model: nn.Module) -> nn.Module:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for blk in list(model.blocks) + list(getattr(model.head, "blocks", [])):
+    for blk in model.repeated_blocks():
         fully_shard(blk, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     return model
@@ -47,7 +47,7 @@ def _fsdp(model: nn.Module) -> nn.Module:
 def parallelize(model: nn.Module, strategy: str, world_size: int, compile_model: bool) -> nn.Module:
     """Returns the module to call for the forward: DDP wrapper, FSDP2-sharded model, or the model itself."""
     if compile_model:
-        for blk in model.blocks:  # compile per block: small graphs, the mask stays an input
+        for blk in model.repeated_blocks():  # per block, head too: small graphs, the mask stays an input
             blk.compile()
     if world_size <= 1 and strategy == "ddp":
         return model
