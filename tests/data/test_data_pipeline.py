@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -83,8 +84,9 @@ def test_too_many_corrupt_images_stop_the_run(ray_session, demo_local):
     assert any(f"pool shard '{s}'" in text for s in ("00000", "00001", "00003"))
 
 
-def test_builds_keep_separate_ledgers(ray_session, demo_local):
-    """Each build counts only its own epochs: a shard's limit is not reached by another build's samples."""
+def test_builds_in_one_process_keep_separate_ledgers_on_one_tracker(ray_session, demo_local):
+    """Every build in a process reports to the same tracker actor (no actor start per dataset), each into
+    its own ledger: a shard's limit counts only the epochs of that build."""
     cfg = demo_config(demo_local[0])
     first = build_epoch(cfg, 16, seed=0)
     bad = ("pool:00000", "pool:00001", "pool:00003")  # one broken image each (see test_build_on_s3_...)
@@ -92,6 +94,7 @@ def test_builds_keep_separate_ledgers(ray_session, demo_local):
     limit = 1.5 / min(first.tracker.expected[s] for s in bad)
     cfg = demo_config(demo_local[0], max_bad_fraction=limit)
     a, b = build_epoch(cfg, 16, seed=0, epoch=0), build_epoch(cfg, 16, seed=0, epoch=1)
+    assert a.tracker.actor._actor_id == b.tracker.actor._actor_id and a.tracker.build != b.tracker.build
     assert b.tracker.summary() == {"by_reason": {}, "by_shard": {}}
     for built in (a, b):
         n = sum(len(x["image"]) for x in built.ds.iter_batches(batch_size=64))
@@ -99,6 +102,17 @@ def test_builds_keep_separate_ledgers(ray_session, demo_local):
         summary = built.tracker.summary()
         assert summary["by_reason"] == {"corrupt_image": 2, "missing_image": 1}
         assert set(summary["by_shard"]) == set(bad)
+    import ray  # a tracker that died is replaced by the next build, not reused
+
+    ray.kill(a.tracker.actor)
+    with pytest.raises(ray.exceptions.RayActorError):  # wait until Ray reports it dead
+        for _ in range(300):
+            ray.get(a.tracker.actor.ping.remote())
+            time.sleep(0.1)
+    c = build_epoch(cfg, 16, seed=0)
+    assert c.tracker.actor._actor_id != a.tracker.actor._actor_id
+    assert sum(len(x["image"]) for x in c.ds.iter_batches(batch_size=64)) == c.plan.n_slots - 3
+    assert c.tracker.summary()["by_reason"] == {"corrupt_image": 2, "missing_image": 1}
 
 
 def test_shard_missing_at_read_time_is_named(ray_session, demo_local, tmp_path):
