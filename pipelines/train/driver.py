@@ -93,8 +93,9 @@ def _open_run(cfg: ExperimentConfig, parent_run_id: str | None, extra_tags: dict
     return uri, run_id, tracking.last_logged_step(c, run_id)
 
 
-def _progress(uri: str | None, run_id: str | None, total: int, stop: threading.Event) -> None:
-    """Driver-side progress bar fed from the run's MLflow metrics (rank 0 logs them)."""
+def _progress(uri: str | None, run_id: str | None, total: int, stop: threading.Event, start: str) -> None:
+    """Driver-side progress bar fed from the run's MLflow metrics (rank 0 logs them); `start` is shown until
+    the first step is logged."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     if not uri or not run_id:
@@ -102,7 +103,7 @@ def _progress(uri: str | None, run_id: str | None, total: int, stop: threading.E
     c = tracking.client(uri)
     with Progress(TextColumn("[bold]pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False) as bar:
-        task = bar.add_task("train", total=total, info="starting workers...")
+        task = bar.add_task("train", total=total, info=start)
         while not stop.wait(2.0):
             try:
                 m = c.get_run(run_id).data.metrics
@@ -244,7 +245,9 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     args = LoopArgs(experiment=cfg.model_dump(mode="json"), run_id=run_id, tracking_uri=uri,
                     skip_log_until=logged, stop_after=stop_after, target_state=target_state, extra=extra)
     stop = threading.Event()
-    bar = threading.Thread(target=_progress, args=(uri, run_id, cfg.schedule.steps, stop), daemon=True)
+    start = ("starting the data pipeline..." if cfg.scaling.num_workers == 0
+             else f"starting {cfg.scaling.num_workers} training worker(s)...")
+    bar = threading.Thread(target=_progress, args=(uri, run_id, cfg.schedule.steps, stop, start), daemon=True)
     if show_progress:
         bar.start()
     try:
