@@ -33,6 +33,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -84,10 +85,9 @@ def measured_matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) 
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
-    times.sort()
     del a, b
     torch.cuda.empty_cache()
-    return round(2 * n**3 / times[len(times) // 2] / 1e12, 1)
+    return round(2 * n**3 / statistics.median(times) / 1e12, 1)
 
 
 def is_oom(e: BaseException) -> bool:
@@ -189,11 +189,10 @@ def run_variant(model, opt, cfg_base, impl: str, comp: str, batch: int, a, devic
             step()
             times.append(time.perf_counter() - t1)
     mean = (time.perf_counter() - t0) / a.steps
-    times.sort()
-    dt = times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
+    dt = statistics.median(times)
     out["ms_per_step"] = round(1e3 * dt, 2)
     out["ms_per_step_mean"] = round(1e3 * mean, 2)
-    out["ms_per_step_range"] = [round(1e3 * times[0], 2), round(1e3 * times[-1], 2)]
+    out["ms_per_step_range"] = [round(1e3 * min(times), 2), round(1e3 * max(times), 2)]
     out["images_per_s"] = round(batch / dt, 2)
     flops = model.flops_per_image()["train"]
     out["tflops_per_s"] = round(batch * flops / dt / 1e12, 2)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 from rich.progress import Progress
 
@@ -64,8 +62,6 @@ def _log(cfg: ExperimentConfig, res: ProbeResult, random_init: bool) -> None:
     _, root = resolve(cfg.storage.path, cfg.data.s3)
     run_id, _ = tracking.get_or_create_run(c, cfg.tracking.experiment, f"{root}/{cfg.run_name}", cfg.run_name)
     prefix = "probe_random_init" if random_init else "probe"
-    from mlflow.entities import Metric
-
-    ts = int(time.time() * 1000)
-    c.log_batch(run_id, metrics=[Metric(f"{prefix}/attentive_top1", res.attentive_top1, ts, 0),
-                                 Metric(f"{prefix}/linear_top1", res.linear_top1, ts, 0)])
+    log = tracking.MetricLogger(c, run_id)
+    log.log({f"{prefix}/attentive_top1": res.attentive_top1, f"{prefix}/linear_top1": res.linear_top1}, 0)
+    log.flush()

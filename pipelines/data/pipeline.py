@@ -4,8 +4,9 @@
     for images in iter_torch_batches(ray.train.get_dataset_shard("train"), batch_size=64):
         ...                                                               # (B, 3, S, S) float32
 
-Corrupt or missing images are skipped and counted per shard by a small actor (`quality.QualityTracker`, one per process, a ledger per build);
-a shard past `cfg.max_bad_fraction` of its samples stops the run with an error naming it.
+Corrupt or missing images are skipped and counted per shard by a small actor (`quality.QualityTracker`,
+one per process, a ledger per build); a shard past `cfg.max_bad_fraction` of its samples stops the run
+with an error naming it.
 """
 
 from __future__ import annotations

@@ -180,17 +180,13 @@ def _log_skipped(uri: str, run_id: str, quality: dict, step: int) -> None:
     """Samples this attempt skipped (undecodable / listed but absent), as metrics `data/skipped_<reason>` at
     the attempt's last step (zeros too, so runs compare in the UI), and by shard in `data_quality.json`
     when there were any. Counts what the attempt's data stream read, which may run ahead of training."""
-    import time
-
-    from mlflow.entities import Metric
-
     from pipelines.data.quality import REASONS
 
-    now = int(time.time() * 1000)
     by_reason = quality["by_reason"]
     c = tracking.client(uri)
-    c.log_batch(run_id, metrics=[Metric(f"data/skipped_{r}", float(by_reason.get(r, 0)), now, step)
-                                 for r in sorted(set(REASONS) | set(by_reason))])
+    log = tracking.MetricLogger(c, run_id)
+    log.log({f"data/skipped_{r}": by_reason.get(r, 0) for r in sorted(set(REASONS) | set(by_reason))}, step)
+    log.flush()
     if quality["by_shard"]:
         c.log_dict(run_id, quality, "data_quality.json")
 
