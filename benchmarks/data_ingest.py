@@ -64,19 +64,20 @@ def _make_pool(n: int, size: int, tmp: Path, shards: int) -> str:
     return str(pool)
 
 
-def _timed(batches) -> tuple[int, float, float]:
-    """(images, seconds for the pass, images/s after the first batch) over an iterator of (B, ...) tensors."""
-    t0, n, first = time.perf_counter(), 0, None
+def _timed(batches) -> tuple[int, float, float, float]:
+    """(images, seconds for the pass, images/s after the first batch, CPU seconds of this process, all of
+    its threads) over an iterator of (B, ...) tensors."""
+    t0, c0, n, first = time.perf_counter(), time.process_time(), 0, None
     for images in batches:
         if first is None:
             first = (time.perf_counter(), images.shape[0])
         n += images.shape[0]
     end = time.perf_counter()
     steady = (n - first[1]) / (end - first[0]) if first and end > first[0] else 0.0
-    return n, end - t0, steady
+    return n, end - t0, steady, time.process_time() - c0
 
 
-def _ray_pass(cfg, size: int, batch: int, epochs: int = 1) -> tuple[int, float, float]:
+def _ray_pass(cfg, size: int, batch: int, epochs: int = 1) -> tuple[int, float, float, float]:
     from pipelines.data import build_train_dataset, iter_torch_batches
 
     ds = build_train_dataset(cfg, size, seed=0, num_epochs=epochs)
@@ -88,7 +89,7 @@ def _loader(pool: str, size: int, batch: int, workers: int, aug):
     return torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, persistent_workers=True)
 
 
-def _loader_pass(loader, epochs: int = 1) -> tuple[int, float, float]:
+def _loader_pass(loader, epochs: int = 1) -> tuple[int, float, float, float]:
     return _timed(batch for _ in range(epochs) for batch in loader)
 
 
@@ -122,9 +123,9 @@ def _config(pool: str, args):
                    **({"block_rows": args.block_rows} if args.block_rows else {})}})
 
 
-def _summary(runs: list[tuple[int, float, float]]) -> tuple[float, float]:
+def _summary(runs: list[tuple[int, float, float, float]]) -> tuple[float, float]:
     """Median images/s per pass, median steady-state images/s (after the first batch)."""
-    return float(np.median([n / t for n, t, _ in runs])), float(np.median([st for _, _, st in runs]))
+    return float(np.median([r[0] / r[1] for r in runs])), float(np.median([r[2] for r in runs]))
 
 
 def _bench(name: str, pool: str, size: int, loader, args) -> dict:
@@ -151,7 +152,10 @@ def _bench(name: str, pool: str, size: int, loader, args) -> dict:
             "chained_ray_data_img_s": round(ray_chain[0] / ray_chain[1], 1),
             "chained_dataloader_img_s": round(dl_chain[0] / dl_chain[1], 1),
             "chained_ratio": round(dl_chain[1] / ray_chain[1], 3),
-            "ray_pass_s": [round(t, 2) for _, t, _ in ray_runs], "dataloader_pass_s": [round(t, 2) for _, t, _ in dl_runs]}
+            "ray_pass_s": [round(r[1], 2) for r in ray_runs], "dataloader_pass_s": [round(r[1], 2) for r in dl_runs],
+            # the consuming process's own CPU time per pass (Ray: its executor and batching threads too)
+            "ray_driver_cpu_s": round(float(np.median([r[3] for r in ray_runs])), 3),
+            "dataloader_main_cpu_s": round(float(np.median([r[3] for r in dl_runs])), 3)}
 
 
 def main() -> None:

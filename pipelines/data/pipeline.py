@@ -116,8 +116,9 @@ def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
     d = cfg.decode
     kwargs = {"img_size": img_size, "aug": cfg.augment, "keep_source": keep_source}
     fused = d.compute == "fused"
+    # fused: a read task decodes and yields whole blocks of block_rows images (see the block size below)
     ctx = ReadContext(fs, sel.score_column, sel.threshold, cur, seed, cfg.mix.pool_probability,
-                      cfg.mix.window, d.batch_size if fused else d.read_chunk, tracker, kwargs if fused else None)
+                      cfg.mix.window, d.block_rows if fused else d.read_chunk, tracker, kwargs if fused else None)
     ds = ray.data.read_datasource(
         mixed_datasource(tasks, ctx), override_num_blocks=len(tasks),
         num_cpus=d.num_cpus if fused else d.read_num_cpus,
@@ -130,8 +131,12 @@ def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
         ds = ds.map_batches(decode_batch, batch_size=d.batch_size, batch_format="numpy",
                             fn_kwargs={**kwargs, "tracker": tracker},
                             compute=TaskPoolStrategy(size=d.concurrency), num_cpus=d.num_cpus)
-    # Ray Data cuts output blocks by bytes: aim for ~block_rows decoded images (this dataset's context only)
-    ds.context.target_max_block_size = d.block_rows * 3 * img_size * img_size * 4 + 2**16
+    # Ray Data cuts output blocks by bytes (this dataset's context only). Fused: a target at 3/4 of a
+    # read task's block passes each one straight through as one contiguous array. Pieces merged into a
+    # block would make it a chunked array, which Ray's batcher copies whole the first time a batch takes
+    # part of it: half of the driver's CPU time in a 224 px pass (benchmarks/data_ingest.py).
+    block_bytes = d.block_rows * 3 * img_size * img_size * 4
+    ds.context.target_max_block_size = 3 * block_bytes // 4 if fused else block_bytes + 2**16
     return BuiltEpoch(ds, sel, cur, plans, tracker)
 
 

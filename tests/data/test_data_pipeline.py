@@ -74,6 +74,21 @@ def test_train_dataset_deterministic_per_seed_and_epoch(ray_session, preserve_or
     assert all(b.shape == (16, 3, 24, 24) and str(b.dtype) == "torch.float32" for b in batches)
 
 
+def test_fused_read_tasks_hand_over_whole_contiguous_blocks(ray_session, demo_local):
+    """Each fused read task's blocks reach the consumer as `block_rows` rows in one Arrow chunk (a block
+    merged from pieces is a chunked array, which Ray's batcher copies whole), the last one per task
+    shorter. Decode batch size no longer matters in fused mode."""
+    cfg = demo_config(demo_local[0], pool__top_fraction=0.5, decode__block_rows=32, decode__batch_size=8)
+    built = build_epoch(cfg, 24, seed=0)
+    blocks = list(built.ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    rows = [b.num_rows for b in blocks]
+    assert all(b["image"].num_chunks == 1 for b in blocks), [b["image"].num_chunks for b in blocks]
+    assert max(rows) == 32 and sum(rows) == built.n_slots - sum(built.tracker.summary()["by_reason"].values())
+    tasks = len(built.plan.tasks)
+    assert sum(r < 32 for r in rows) <= tasks + 3  # a short last block per task (+ blocks that lost a bad image)
+    assert rows.count(32) >= built.n_slots // 32 - tasks - 3
+
+
 def test_too_many_corrupt_images_stop_the_run(ray_session, demo_local):
     cfg = demo_config(demo_local[0], max_bad_fraction=0.0)
     with pytest.raises(Exception) as e:
