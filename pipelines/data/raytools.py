@@ -90,6 +90,7 @@ def scan_reduce(items: list[dict], per_item: Callable[[dict], Any], combine: Cal
         return {"part": np.array([pickle.dumps(acc)], dtype=object)}
 
     import ray
+    from ray.data import TaskPoolStrategy
 
     if not items:
         raise ValueError("nothing to scan")
@@ -97,7 +98,7 @@ def scan_reduce(items: list[dict], per_item: Callable[[dict], Any], combine: Cal
     # small machine costs more than the metadata reads they overlap
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     parts = items_dataset(items).map_batches(run, batch_size=None, batch_format="numpy", num_cpus=SCAN_CPUS,
-                                             concurrency=cpus)
+                                             compute=TaskPoolStrategy(size=cpus))
     return _fold(combine, (pickle.loads(row["part"]) for row in parts.iter_rows()))
 
 
