@@ -134,7 +134,7 @@ def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
     # Ray Data cuts output blocks by bytes (this dataset's context only). Fused: a target at 3/4 of a
     # read task's block passes each one straight through as one contiguous array. Pieces merged into a
     # block would make it a chunked array, which Ray's batcher copies whole the first time a batch takes
-    # part of it: half of the driver's CPU time in a 224 px pass (benchmarks/data_ingest.py).
+    # part of it: ~40% of the driver's CPU time in a 224 px pass (docs/results/data_ingest.md, session 6).
     block_bytes = d.block_rows * 3 * img_size * img_size * 4
     ds.context.target_max_block_size = 3 * block_bytes // 4 if fused else block_bytes + 2**16
     return BuiltEpoch(ds, sel, cur, plans, tracker)
