@@ -114,8 +114,8 @@ class DecodeConfig(_Strict):
         "fused", description="fused: decode inside the shard read tasks; tasks/actors: a separate decode pool")
     concurrency: int = Field(2, ge=1, description="decode tasks/actors (fused: read+decode tasks) at once")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task/actor")
-    batch_size: int = Field(64, ge=1, description="rows per decode call (tasks/actors; fused decodes block_rows "
-                                                   "at a time)")
+    batch_size: int = Field(64, ge=1, description="tasks/actors: rows per decode call; >= 3/4 of block_rows keeps "
+                                                   "blocks contiguous (fused decodes block_rows at a time)")
     read_concurrency: int = Field(2, ge=1, description="shard read tasks at once (tasks/actors modes)")
     read_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per read task (mostly I/O; 0 so reads never wait behind decode actors)")
     read_chunk: int = Field(256, ge=1, description="rows per block emitted by a shard reader")

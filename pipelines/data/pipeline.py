@@ -131,12 +131,15 @@ def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
         ds = ds.map_batches(decode_batch, batch_size=d.batch_size, batch_format="numpy",
                             fn_kwargs={**kwargs, "tracker": tracker},
                             compute=TaskPoolStrategy(size=d.concurrency), num_cpus=d.num_cpus)
-    # Ray Data cuts output blocks by bytes (this dataset's context only). Fused: a target at 3/4 of a
-    # read task's block passes each one straight through as one contiguous array. Pieces merged into a
-    # block would make it a chunked array, which Ray's batcher copies whole the first time a batch takes
-    # part of it: ~40% of the driver's CPU time in a 224 px pass (docs/results/data_ingest.md, session 6).
+    # Ray Data cuts output blocks by bytes (this dataset's context only). When one decode call returns at
+    # least 3/4 of block_rows images (fused: block_rows per call; tasks/actors: batch_size), a target at
+    # 3/4 of block_rows passes each output straight through as one contiguous block. Smaller outputs are
+    # merged up to ~block_rows into a chunked array, which Ray's batcher copies whole the first time a
+    # batch takes part of it: ~40% of the driver's CPU in a 224 px pass (docs/results/data_ingest.md,
+    # session 6); one block per 64-image call was slower still in actors mode (same doc).
     block_bytes = d.block_rows * 3 * img_size * img_size * 4
-    ds.context.target_max_block_size = 3 * block_bytes // 4 if fused else block_bytes + 2**16
+    whole = 4 * (d.block_rows if fused else d.batch_size) >= 3 * d.block_rows
+    ds.context.target_max_block_size = 3 * block_bytes // 4 if whole else block_bytes + 2**16
     return BuiltEpoch(ds, sel, cur, plans, tracker)
 
 

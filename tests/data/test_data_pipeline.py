@@ -74,11 +74,13 @@ def test_train_dataset_deterministic_per_seed_and_epoch(ray_session, preserve_or
     assert all(b.shape == (16, 3, 24, 24) and str(b.dtype) == "torch.float32" for b in batches)
 
 
-def test_fused_read_tasks_hand_over_whole_contiguous_blocks(ray_session, demo_local):
-    """Each fused read task's blocks reach the consumer as `block_rows` rows in one Arrow chunk (a block
-    merged from pieces is a chunked array, which Ray's batcher copies whole), the last one per task
-    shorter. Decode batch size no longer matters in fused mode."""
-    cfg = demo_config(demo_local[0], pool__top_fraction=0.5, decode__block_rows=32, decode__batch_size=8)
+@pytest.mark.parametrize("compute,batch_size", [("fused", 8), ("actors", 32)])
+def test_decoded_blocks_reach_the_consumer_whole_and_contiguous(ray_session, demo_local, compute, batch_size):
+    """Blocks reach the consumer as `block_rows` rows in one Arrow chunk (a block merged from pieces is a
+    chunked array, which Ray's batcher copies whole), the last one per task shorter: fused whatever the
+    decode batch size, actors when a decode batch is a block."""
+    cfg = demo_config(demo_local[0], pool__top_fraction=0.5, decode__block_rows=32, decode__batch_size=batch_size,
+                      decode__compute=compute)
     built = build_epoch(cfg, 24, seed=0)
     blocks = list(built.ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     rows = [b.num_rows for b in blocks]
