@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -64,9 +65,15 @@ def _make_pool(n: int, size: int, tmp: Path, shards: int) -> str:
     return str(pool)
 
 
-def _timed(batches) -> tuple[int, float, float, float]:
-    """(images, seconds for the pass, images/s after the first batch, CPU seconds of this process, all of
-    its threads) over an iterator of (B, ...) tensors."""
+class Pass(NamedTuple):
+    images: int
+    seconds: float
+    steady_img_s: float  # images/s after the first batch
+    cpu_s: float  # CPU seconds of this (consuming) process, all its threads
+
+
+def _timed(batches) -> Pass:
+    """One pass over an iterator of (B, ...) tensors."""
     t0, c0, n, first = time.perf_counter(), time.process_time(), 0, None
     for images in batches:
         if first is None:
@@ -74,10 +81,10 @@ def _timed(batches) -> tuple[int, float, float, float]:
         n += images.shape[0]
     end = time.perf_counter()
     steady = (n - first[1]) / (end - first[0]) if first and end > first[0] else 0.0
-    return n, end - t0, steady, time.process_time() - c0
+    return Pass(n, end - t0, steady, time.process_time() - c0)
 
 
-def _ray_pass(cfg, size: int, batch: int, epochs: int = 1) -> tuple[int, float, float, float]:
+def _ray_pass(cfg, size: int, batch: int, epochs: int = 1) -> Pass:
     from pipelines.data import build_train_dataset, iter_torch_batches
 
     ds = build_train_dataset(cfg, size, seed=0, num_epochs=epochs)
@@ -89,7 +96,7 @@ def _loader(pool: str, size: int, batch: int, workers: int, aug):
     return torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, persistent_workers=True)
 
 
-def _loader_pass(loader, epochs: int = 1) -> tuple[int, float, float, float]:
+def _loader_pass(loader, epochs: int = 1) -> Pass:
     return _timed(batch for _ in range(epochs) for batch in loader)
 
 
@@ -123,9 +130,9 @@ def _config(pool: str, args):
                    **({"block_rows": args.block_rows} if args.block_rows else {})}})
 
 
-def _summary(runs: list[tuple[int, float, float, float]]) -> tuple[float, float]:
+def _summary(runs: list[Pass]) -> tuple[float, float]:
     """Median images/s per pass, median steady-state images/s (after the first batch)."""
-    return float(np.median([r[0] / r[1] for r in runs])), float(np.median([r[2] for r in runs]))
+    return float(np.median([r.images / r.seconds for r in runs])), float(np.median([r.steady_img_s for r in runs]))
 
 
 def _bench(name: str, pool: str, size: int, loader, args) -> dict:
@@ -136,26 +143,27 @@ def _bench(name: str, pool: str, size: int, loader, args) -> dict:
     for _ in range(args.repeats):
         dl_runs.append(_loader_pass(loader))
         ray_runs.append(_ray_pass(cfg, size, args.batch))
-        print(f"{name}: dataloader {dl_runs[-1][1]:.2f}s, ray {ray_runs[-1][1]:.2f}s for {ray_runs[-1][0]} images",
-              file=sys.stderr, flush=True)
-    assert ray_runs[0][0] == dl_runs[0][0], "both pipelines must see every image"
+        print(f"{name}: dataloader {dl_runs[-1].seconds:.2f}s, ray {ray_runs[-1].seconds:.2f}s "
+              f"for {ray_runs[-1].images} images", file=sys.stderr, flush=True)
+    assert ray_runs[0].images == dl_runs[0].images, "both pipelines must see every image"
     (ray_ips, ray_steady), (dl_ips, dl_steady) = _summary(ray_runs), _summary(dl_runs)
     dl_chain = _loader_pass(loader, args.repeats)
     ray_chain = _ray_pass(cfg, size, args.batch, args.repeats)
-    assert ray_chain[0] == dl_chain[0], "both pipelines must see every image"
-    print(f"{name}: {args.repeats} epochs chained: dataloader {dl_chain[1]:.2f}s, ray {ray_chain[1]:.2f}s",
+    assert ray_chain.images == dl_chain.images, "both pipelines must see every image"
+    print(f"{name}: {args.repeats} epochs chained: dataloader {dl_chain.seconds:.2f}s, ray {ray_chain.seconds:.2f}s",
           file=sys.stderr, flush=True)
-    return {"images": name, "n": ray_runs[0][0], "ray_data_img_s": round(ray_ips, 1),
+    return {"images": name, "n": ray_runs[0].images, "ray_data_img_s": round(ray_ips, 1),
             "dataloader_img_s": round(dl_ips, 1), "ratio": round(ray_ips / dl_ips, 3),
             "steady_ray_data_img_s": round(ray_steady, 1), "steady_dataloader_img_s": round(dl_steady, 1),
             "steady_ratio": round(ray_steady / dl_steady, 3) if dl_steady else None,
-            "chained_ray_data_img_s": round(ray_chain[0] / ray_chain[1], 1),
-            "chained_dataloader_img_s": round(dl_chain[0] / dl_chain[1], 1),
-            "chained_ratio": round(dl_chain[1] / ray_chain[1], 3),
-            "ray_pass_s": [round(r[1], 2) for r in ray_runs], "dataloader_pass_s": [round(r[1], 2) for r in dl_runs],
+            "chained_ray_data_img_s": round(ray_chain.images / ray_chain.seconds, 1),
+            "chained_dataloader_img_s": round(dl_chain.images / dl_chain.seconds, 1),
+            "chained_ratio": round(dl_chain.seconds / ray_chain.seconds, 3),
+            "ray_pass_s": [round(r.seconds, 2) for r in ray_runs],
+            "dataloader_pass_s": [round(r.seconds, 2) for r in dl_runs],
             # the consuming process's own CPU time per pass (Ray: its executor and batching threads too)
-            "ray_driver_cpu_s": round(float(np.median([r[3] for r in ray_runs])), 3),
-            "dataloader_main_cpu_s": round(float(np.median([r[3] for r in dl_runs])), 3)}
+            "ray_driver_cpu_s": round(float(np.median([r.cpu_s for r in ray_runs])), 3),
+            "dataloader_main_cpu_s": round(float(np.median([r.cpu_s for r in dl_runs])), 3)}
 
 
 def main() -> None:
