@@ -103,8 +103,9 @@ class ScalingSection(Strict):
     compile: bool = False
     max_failures: int = Field(2, ge=0)
     threads_per_worker: int | None = Field(None, gt=0)
-    shuffle_buffer: int = Field(1024, ge=0, description="per-worker local shuffle buffer (rows), reseeded each epoch")
-    deterministic_data: bool = Field(True, description="preserve Ray Data order so a rerun sees the same batches")
+    shuffle_buffer: int = Field(256, ge=0, description=(
+        "rows per worker shuffled together: each window of this many rows of a worker's stream is permuted by "
+        "a seed of its position, so a resume decodes at most this many rows again (0: no shuffle)"))
 
 
 class StorageSection(Strict):

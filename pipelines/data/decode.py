@@ -13,7 +13,8 @@ __all__ = ["decode_batch", "DecodeActor"]
 
 def decode_batch(batch: dict[str, np.ndarray], *, img_size: int, aug: AugmentConfig, tracker: Quality,
                  keep_source: bool = False) -> dict[str, np.ndarray]:
-    """Ray Data UDF: encoded rows -> {"image": (B, 3, S, S) float32}; undecodable rows are skipped."""
+    """Ray Data UDF: encoded rows -> {"image": (B, 3, S, S) float32, "slot": (B,) int64 sample ids};
+    undecodable rows are skipped."""
     out, ok, bad = [], [], {}
     for data, seed, shard, slot in zip(batch["image"], batch["aug_seed"], batch["shard"], batch["slot"]):
         try:
@@ -25,7 +26,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, img_size: int, aug: AugmentCon
     if bad:
         report_bad(tracker, bad, "corrupt_image")
     images = np.stack(out) if out else np.zeros((0, 3, img_size, img_size), dtype=np.float32)
-    result = {"image": images}
+    result = {"image": images, "slot": np.asarray(batch["slot"], dtype=np.int64)[np.asarray(ok, dtype=bool)]}
     if keep_source:
         result["is_pool"] = np.asarray(batch["is_pool"])[np.asarray(ok, dtype=bool)]
     return result

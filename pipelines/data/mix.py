@@ -21,7 +21,7 @@ from functools import cached_property
 
 import numpy as np
 
-__all__ = ["rng", "stable_id", "SlotPattern", "CuratedStream", "plan_ranges", "aug_seeds"]
+__all__ = ["rng", "stable_id", "SlotPattern", "CuratedStream", "plan_ranges", "aug_seeds", "slot_hash"]
 
 _OFFSET, _WINDOW, _SHARDS, _ROWS, _CHUNKS, _CROWS = 1, 2, 3, 4, 5, 6
 
@@ -180,12 +180,17 @@ class CuratedStream:
         return counts
 
 
-def aug_seeds(seed: int, epoch: int, slots: np.ndarray) -> np.ndarray:
-    """One 63-bit augmentation seed per slot (splitmix64 of seed, epoch, slot): same crop wherever it runs."""
+def slot_hash(key: str, slots: np.ndarray) -> np.ndarray:
+    """A 63-bit hash per sample id (splitmix64 of the id plus a hash of `key`), the same in every process."""
     with np.errstate(over="ignore"):
-        x = np.asarray(slots, dtype=np.uint64) + np.uint64(int(stable_id(f"{seed}/{epoch}")))
+        x = np.asarray(slots, dtype=np.uint64) + np.uint64(int(stable_id(key)))
         x = (x + np.uint64(0x9E3779B97F4A7C15))
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))
     return (x >> np.uint64(1)).astype(np.int64)
+
+
+def aug_seeds(seed: int, epoch: int, slots: np.ndarray) -> np.ndarray:
+    """One 63-bit augmentation seed per slot (splitmix64 of seed, epoch, slot): same crop wherever it runs."""
+    return slot_hash(f"{seed}/{epoch}", slots)

@@ -2,7 +2,8 @@
 
 Runs inside Ray Data map tasks (`pipeline.py`). Output rows: `image` (encoded bytes), `is_pool`,
 `shard` ("pool:NAME" / "curated:FILE", for error reports), `slot` (epoch * 2**40 + position in the
-epoch's mixed sequence) and `aug_seed` (the sample's augmentation seed).
+epoch's mixed sequence) and `aug_seed` (the sample's augmentation seed). A spec with `after` >= 0 yields
+only the rows with a larger slot (a resumed stream): the skipped ones are read but never decoded.
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ def _read_one(spec: dict, ctx: ReadContext) -> Iterator[pa.Table]:
     images, is_pool, names, slots = _mixed(spec, ctx)
     seeds = aug_seeds(ctx.seed, spec["epoch"], slots)
     slots = slots + spec["epoch"] * SLOTS_PER_EPOCH  # sample ids, unique across the epochs of a dataset
+    if spec.get("after", -1) >= 0:  # a resumed stream: rows up to `after` were consumed; never decoded
+        later = slots > spec["after"]
+        images, is_pool, names, slots, seeds = (a[later] for a in (images, is_pool, names, slots, seeds))
     present = np.array([img is not None for img in images], dtype=bool)
     if not present.all():
         bad: dict[str, list[int]] = {}

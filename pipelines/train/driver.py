@@ -16,7 +16,7 @@ from pipelines import tracking
 from pipelines.config import ExperimentConfig, flatten
 from pipelines.train.checkpoint import LOCAL_PREFIX, META_FILE, read_state
 from pipelines.train.checkpoint import run_storage as _storage  # the driver's short name
-from pipelines.train.loop import LoopArgs, test_hooks_from_env, train_loop_per_worker
+from pipelines.train.loop import LoopArgs, TrainingError, test_hooks_from_env, train_loop_per_worker
 
 __all__ = ["PretrainResult", "pretrain", "latest_checkpoint"]
 
@@ -114,19 +114,18 @@ def _progress(uri: str | None, run_id: str | None, total: int, stop: threading.E
                            info=f"loss {m.get('train/loss', float('nan')):.4f}  {m.get('train/images_per_s', 0):.0f} img/s")
 
 
-def _fit_target(cfg: ExperimentConfig, ds) -> bytes | None:
+def _fit_target(cfg: ExperimentConfig, plan) -> bytes | None:
     if cfg.target.name not in ("kmeans", "dvae"):
         return None
     from aim_core import AIM
     from pipelines.train.target_fit import fit_target_state
 
-    batch = ds.take_batch(cfg.target.fit_images, batch_format="numpy")["image"]
+    batch = plan.dataset().take_batch(cfg.target.fit_images, batch_format="numpy")["image"]
     return fit_target_state(AIM(cfg.aim_config()), torch.tensor(batch), cfg.target.fit_steps, cfg.seed)
 
 
-def _trainer(cfg: ExperimentConfig, args: LoopArgs, ds, callbacks: list | None = None):
-    from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+def _trainer(cfg: ExperimentConfig, args: LoopArgs, callbacks: list | None = None):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     fs, root = _storage(cfg)
@@ -136,23 +135,20 @@ def _trainer(cfg: ExperimentConfig, args: LoopArgs, ds, callbacks: list | None =
         resources["GPU"] = s.gpus_per_worker
     if s.num_workers == 0:  # Ray Train local mode: the loop runs in this process; no worker group, no retries
         scaling = ScalingConfig(num_workers=0)
-        ds.context.execution_options.preserve_order = s.deterministic_data  # DataConfig applies to workers only
     else:
         scaling = ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=dataclasses.asdict(args),
+        train_loop_config={f.name: getattr(args, f.name) for f in dataclasses.fields(args)},  # the ref as is
         scaling_config=scaling,
         run_config=RunConfig(name=cfg.run_name, storage_path=root, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=s.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.keep),
                              callbacks=callbacks),
-        datasets={"train": ds},
-        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=s.deterministic_data)),
-    )
+    )  # no `datasets`: each worker reads its own share from its position (pipelines/train/feed.py)
 
 
-def _log_outputs(cfg: ExperimentConfig, uri: str, run_id: str, ckpt_path: str, ds) -> None:
+def _log_outputs(cfg: ExperimentConfig, uri: str, run_id: str, ckpt_path: str, plan) -> None:
     """Resolved config, predictions PNG and the final checkpoint URI as artifacts of the run."""
     from aim_core import AIM
     from pipelines.train.viz import save_prediction_grid
@@ -169,7 +165,7 @@ def _log_outputs(cfg: ExperimentConfig, uri: str, run_id: str, ckpt_path: str, d
         model.load_state_dict(state["model"])
         images = state.get("preview")  # the last training batch's first images, saved with the final checkpoint
         if images is None:  # checkpoints from before the preview was saved
-            images = torch.tensor(ds.take_batch(4, batch_format="numpy")["image"])
+            images = torch.tensor(plan.dataset().take_batch(4, batch_format="numpy")["image"])
         save_prediction_grid(model, images, tmp / "predictions.png")
         for name in ("config.yaml", "checkpoint_uri.txt", "predictions.png"):
             c.log_artifact(run_id, str(tmp / name))
@@ -215,31 +211,45 @@ def quiet_data() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
+def _plan(cfg: ExperimentConfig):
+    """The run's read plan, (tracker, slots of one data epoch). It chains every data epoch the schedule
+    reaches, each with its own order and crops, with room for every worker's share and shuffle window."""
+    from pipelines.data.pipeline import plan_stream
+
+    world = max(cfg.scaling.num_workers, 1)
+    window = cfg.scaling.shuffle_buffer or cfg.optim.batch_size // world
+    need = cfg.schedule.steps * cfg.optim.batch_size + 2 * world * window
+    plan, _, _, plans, tracker = plan_stream(cfg.data, cfg.aim_config().img_size, cfg.seed, min_samples=need,
+                                             world=world)
+    return plan, (tracker, plans[0].n_slots)
+
+
 def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run_id: str | None = None,
              extra_tags: dict[str, str] | None = None, show_progress: bool = True,
              callbacks: list | None = None) -> PretrainResult:
     """Run (or resume) pre-training for `cfg`. Rerunning the same config continues from the latest checkpoint."""
-    from pipelines.data.pipeline import build_epoch
+    import ray
+
+    from pipelines.train.feed import check_resumable
 
     init_ray()
     quiet_data()
     ckpt, meta = latest_checkpoint(cfg)
+    if ckpt and (why := check_resumable(cfg, meta, f"run {cfg.run_name!r}")):
+        raise TrainingError(why)
     resumed_from = int(meta.get("step", 0))
     uri, run_id, logged = _open_run(cfg, parent_run_id, extra_tags or {})
-    img = cfg.aim_config().img_size
-    # every data epoch the schedule reaches, chained: each gets its own order and crops (re-reading one
-    # epoch would repeat its crops); a resumed run skips what it already consumed (see loop._batches)
-    built = build_epoch(cfg.data, img, cfg.seed, min_samples=cfg.schedule.steps * cfg.optim.batch_size)
-    ds = built.ds
-    target_state = None if ckpt else _fit_target(cfg, ds)
-    extra = {"epoch_samples": built.plan.n_slots}
+    plan, quality = _plan(cfg)
+    target_state = None if ckpt else _fit_target(cfg, plan)
+    extra = {"epoch_samples": quality[1]}
     if cfg.scaling.num_workers == 0:  # in-process: the loop resumes and persists its checkpoints itself
         extra.update(local=True, resume_from=ckpt)
     hooks = test_hooks_from_env()
     if hooks:
         extra["test_hooks"] = hooks
     args = LoopArgs(experiment=cfg.model_dump(mode="json"), run_id=run_id, tracking_uri=uri,
-                    skip_log_until=logged, stop_after=stop_after, target_state=target_state, extra=extra)
+                    skip_log_until=logged, stop_after=stop_after, target_state=target_state, extra=extra,
+                    stream=ray.put(plan))
     stop = threading.Event()
     start = ("starting the data pipeline..." if cfg.scaling.num_workers == 0
              else f"starting {cfg.scaling.num_workers} training worker(s)...")
@@ -247,7 +257,7 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     if show_progress:
         bar.start()
     try:
-        result = _trainer(cfg, args, ds, callbacks).fit()
+        result = _trainer(cfg, args, callbacks).fit()
     except BaseException:
         if run_id:
             tracking.client(uri).set_terminated(run_id, status="FAILED")
@@ -262,11 +272,11 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     else:
         ckpt_path = result.checkpoint.path if result.checkpoint else None
         step = int((result.metrics or {}).get("step", resumed_from))
-    quality = built.tracker.summary()
+    quality = quality[0].summary()
     if run_id:
         _log_skipped(uri, run_id, quality, step)
     if run_id and ckpt_path:
-        _log_outputs(cfg, uri, run_id, ckpt_path, ds)
+        _log_outputs(cfg, uri, run_id, ckpt_path, plan)
         finished = step >= cfg.schedule.steps
         tracking.client(uri).set_terminated(run_id, status="FINISHED" if finished else "KILLED")
     fs, _ = _storage(cfg)

@@ -15,6 +15,7 @@ from aim_core import AIM
 from pipelines.config import ExperimentConfig
 from pipelines.train import parallel
 from pipelines.train.checkpoint import TrainState, load_state, persist_checkpoint, read_state, run_storage, save_state
+from pipelines.train.feed import open_feed
 from pipelines.train.optim import build_optimizer, build_scheduler
 from pipelines.train.state_io import full_state, restore
 
@@ -51,6 +52,7 @@ class LoopArgs:
     stop_after: int | None = None  # stop (with a checkpoint) once this many total steps are done
     target_state: bytes | None = None  # serialized fitted kmeans codebook / dVAE (see target_fit)
     extra: dict = field(default_factory=dict)
+    stream: object = None  # the run's StreamPlan (pipelines.data.pipeline), or an object ref to it
 
 
 def _peak_flops(device: torch.device) -> float | None:
@@ -107,51 +109,30 @@ def train_loop_per_worker(raw_args: dict) -> None:
     forward = parallel.parallelize(model, strategy, world, cfg.scaling.compile)
     optimizer = build_optimizer(model, cfg.optim, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, cfg.schedule)
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     state = TrainState()
     if local:  # local mode keeps no checkpoints: the driver names the one to resume from
         if args.extra.get("resume_from"):
             saved = read_state(run_storage(cfg)[0], args.extra["resume_from"])
-            state = restore(saved, model, optimizer, scheduler, generator, strategy)
+            state = restore(saved, model, optimizer, scheduler, strategy)
     elif (ckpt := ray.train.get_checkpoint()) is not None:
         with ckpt.as_directory() as d:
-            state = restore(load_state(d), model, optimizer, scheduler, generator, strategy)
+            state = restore(load_state(d), model, optimizer, scheduler, strategy)
     scheduler.step_update(state.step)
     hooks = args.extra.get("test_hooks", {})
     if rank == 0 and hooks.get("pid_file"):
         with open(hooks["pid_file"], "a") as f:
             f.write(f"{os.getpid()} {state.step}\n")
-    _run(cfg, args, model, forward, optimizer, scheduler, generator, state, device, strategy, rank, world)
+    feed = open_feed(cfg, _plan(args.stream), state.data, state.step, rank, world, device)
+    _run(cfg, args, model, forward, optimizer, scheduler, feed, state, device, strategy, rank, world)
 
 
-def _batches(cfg: ExperimentConfig, state: TrainState, per_worker: int, rank: int):
-    """This worker's batches, pass after pass, from its Ray Train dataset shard.
+def _plan(stream):
+    import ray
 
-    The driver chains every data epoch the schedule needs into one dataset (each with its own order and
-    crops), so one pass normally covers the run; `state.epoch` counts passes. Each pass re-reads the shard
-    with a local shuffle seeded by (seed, pass, rank): the same order on a rerun. A resumed run skips the
-    batches of its pass already consumed. Advances `state.epoch` / `state.batches_in_epoch` as it goes.
-    """
-    shard = ray.train.get_dataset_shard("train")
-    while True:
-        skip, produced = state.batches_in_epoch, 0
-        seed = (cfg.seed * 1_000_003 + state.epoch * 1009 + rank) % (2**31)
-        for i, batch in enumerate(shard.iter_torch_batches(
-                batch_size=per_worker, drop_last=True, local_shuffle_buffer_size=cfg.scaling.shuffle_buffer or None,
-                local_shuffle_seed=seed)):
-            produced += 1
-            if i < skip:
-                continue
-            state.batches_in_epoch = i + 1
-            yield batch["image"]
-        if produced == 0:
-            raise TrainingError(f"the training data has fewer than one batch of {per_worker} images per worker")
-        state.epoch += 1
-        state.batches_in_epoch = 0
+    return ray.get(stream) if isinstance(stream, ray.ObjectRef) else stream
 
 
-def _run(cfg, args, model, forward, optimizer, scheduler, generator, state, device, strategy, rank, world):
-    per_worker = cfg.optim.batch_size // max(world, 1)
+def _run(cfg, args, model, forward, optimizer, scheduler, feed, state, device, strategy, rank, world):
     bf16 = parallel.use_bf16(cfg.scaling, device)
     log = _Logger(args, rank)
     flops = model.flops_per_image()["train"]
@@ -162,12 +143,10 @@ def _run(cfg, args, model, forward, optimizer, scheduler, generator, state, devi
     bad = torch.zeros((), dtype=torch.bool, device=device)
     first_bad = torch.zeros((), dtype=torch.int64, device=device)  # first step with a non-finite loss here
     epoch_samples = max(1, int(args.extra.get("epoch_samples", 1)))  # data epochs done, for the metric
-    n_since, t0 = 0, time.perf_counter()
-    for images in _batches(cfg, state, per_worker, rank):
+    n_since, t0, first_log = 0, time.perf_counter(), True
+    for images, prefix_len in feed.batches():
         if state.step >= cfg.schedule.steps or (args.stop_after and state.step >= args.stop_after):
             break
-        images = images.to(device, non_blocking=True)
-        prefix_len = model.sample_prefix_len(images.shape[0], generator)
         with parallel.autocast(bf16, device):
             preds = forward(images, prefix_len)
         out = model.loss_from_predictions(images, preds, prefix_len)
@@ -200,12 +179,15 @@ def _run(cfg, args, model, forward, optimizer, scheduler, generator, state, devi
                        "train/step": state.step}
             if peak:
                 metrics["train/mfu"] = flops * ips / (peak * world)
+            if first_log:  # rows decoded and dropped to rebuild a resumed shuffle window (rank 0's)
+                metrics["data/resume_discarded_rows"], first_log = feed.stream.discarded, False
             log.log(metrics, state.step)
             loss_sum.zero_()
             n_since, t0 = 0, time.perf_counter()
         if ckpt_now:
             preview = images[:4].detach().cpu() if done else None  # for the run's predictions PNG
-            _checkpoint(cfg, args, model, optimizer, scheduler, generator, state, strategy, rank, preview)
+            state.data = feed.state(world)  # collective: every rank's position
+            _checkpoint(cfg, args, model, optimizer, scheduler, state, strategy, rank, preview)
             last_ckpt = state.step
     if state.step < cfg.schedule.steps and not (args.stop_after and state.step >= args.stop_after):
         raise TrainingError(f"the data ran out at step {state.step} of {cfg.schedule.steps}")
@@ -248,14 +230,14 @@ def _reduce_any(x: torch.Tensor, world: int) -> torch.Tensor:
     return x.bool()
 
 
-def _checkpoint(cfg, args, model, optimizer, scheduler, generator, state, strategy, rank, preview) -> None:
+def _checkpoint(cfg, args, model, optimizer, scheduler, state, strategy, rank, preview) -> None:
     model_sd, optim_sd = full_state(model, optimizer, strategy)  # collective under FSDP: every rank calls it
-    metrics = {"step": state.step, "epoch": state.epoch}
+    metrics = {"step": state.step}
     extra = {"preview": preview} if preview is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            save_state(tmp, model_sd, optim_sd, scheduler.state_dict(), state, generator, extra)
+            save_state(tmp, model_sd, optim_sd, scheduler.state_dict(), state, extra)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         if args.extra.get("local"):  # Ray Train's local mode would drop it: persist it like Ray Train storage
             fs, root = run_storage(cfg)
