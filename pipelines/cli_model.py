@@ -20,7 +20,13 @@ def _parse_sets(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep:
             fail(f"--set {item!r}: expected KEY=VALUE, e.g. depth=12")
-        out[key] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string: norm_eps=1e-5
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out[key] = value
     return out
 
 
