@@ -154,7 +154,8 @@ def _write_dir(out: str, files: dict[str, bytes | Path], s3: S3Config | None) ->
             write_bytes(fs, dest, data)
             continue
         try:
-            fs.create_dir(path, recursive=True)
+            if isinstance(fs, pafs.LocalFileSystem):  # on S3 a directory is only a key prefix
+                fs.create_dir(path, recursive=True)
             pafs.copy_files(str(data), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
         except OSError as e:
             raise storage_error(e, fs, dest, "writing") from None
