@@ -9,18 +9,20 @@ checkpoint (trained here or imported) into a model, with one-line errors when th
 
 from __future__ import annotations
 
-import io
 import json
+import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from aim_core import ml_aim
-from aim_core.model import AIM, build_model
+from aim_core.model import AIM
 from aim_core.presets import AIMConfig, resolve_config
 from pipelines.data.config import S3Config
+from pipelines.train.checkpoint import META_FILE, STATE_FILE
 
 __all__ = ["CheckpointError", "ImportResult", "ExportResult", "read_weights", "import_ml_aim", "export_ml_aim",
            "load_weights", "TRUNK_ONLY"]
@@ -96,7 +98,8 @@ def read_weights(uri: str, s3: S3Config | None = None) -> dict[str, torch.Tensor
         return {k: v.clone() for k, v in _load_local(local, uri).items()}  # clone: off the temp file's mmap
 
 
-def _check_shapes(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], name, what: str) -> None:
+def _check_shapes(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], name: Callable[[str], str | None],
+                  what: str) -> None:
     """CheckpointError naming the first missing, unexpected or mis-shaped key (`name` renders a key)."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
@@ -140,25 +143,31 @@ def _convert(state: dict[str, torch.Tensor], preset: str | None, src: str):
     return preset, cfg, trunk, probe
 
 
-def _write_dir(out: str, files: dict[str, bytes | Path], s3: S3Config | None) -> str:
-    """Write `files` (name -> bytes or a local file) into directory `out` (local or s3://); meta.json last."""
+def _write_checkpoint(out: str, payload: dict, meta: dict, s3: S3Config | None) -> str:
+    """`state.pt` then `meta.json` (last: a directory without it is no checkpoint) into `out`, local or s3://.
+    Locally the state is written in place (temp name, renamed): a 7B trunk is never copied twice."""
     import pyarrow.fs as pafs
 
     from pipelines.data.storage import display, resolve, storage_error, write_bytes
 
     fs, path = resolve(out, s3)
-    fs = fs or pafs.LocalFileSystem()
-    for name in sorted(files, key=lambda n: n == "meta.json"):
-        data, dest = files[name], f"{path}/{name}"
-        if isinstance(data, bytes):
-            write_bytes(fs, dest, data)
-            continue
+    if fs is None:
         try:
-            if isinstance(fs, pafs.LocalFileSystem):  # on S3 a directory is only a key prefix
-                fs.create_dir(path, recursive=True)
-            pafs.copy_files(str(data), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+            Path(path).mkdir(parents=True, exist_ok=True)
+            torch.save(payload, Path(path, STATE_FILE + ".tmp"))
+            os.replace(Path(path, STATE_FILE + ".tmp"), Path(path, STATE_FILE))
+            Path(path, META_FILE).write_text(json.dumps(meta))
         except OSError as e:
-            raise storage_error(e, fs, dest, "writing") from None
+            raise CheckpointError(f"writing {path}: {e.strerror or e}") from None
+        return path
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(payload, Path(tmp, STATE_FILE))
+        try:
+            pafs.copy_files(str(Path(tmp, STATE_FILE)), f"{path}/{STATE_FILE}",
+                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        except OSError as e:
+            raise storage_error(e, fs, f"{path}/{STATE_FILE}", "writing") from None
+    write_bytes(fs, f"{path}/{META_FILE}", json.dumps(meta).encode())
     return display(fs, path)
 
 
@@ -184,10 +193,7 @@ def import_ml_aim(src: str, out: str, preset: str | None = None, head: str | Non
         state = {**state, **extra}
     preset, cfg, trunk, probe = _convert(state, preset, src)
     meta = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "preset": preset, "imported_from": src}
-    with tempfile.TemporaryDirectory() as tmp:
-        state_file = Path(tmp, "state.pt")
-        torch.save(_payload(cfg, preset, trunk, probe, src), state_file)
-        where = _write_dir(out, {"state.pt": state_file, "meta.json": json.dumps(meta).encode()}, s3)
+    where = _write_checkpoint(out, _payload(cfg, preset, trunk, probe, src), meta, s3)
     classes = None if probe is None else int(probe["linear.weight"].shape[0])
     return ImportResult(where, preset, len(trunk), classes)
 
