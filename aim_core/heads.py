@@ -28,10 +28,10 @@ class LinearHead(nn.Module):
 
 
 class MLPHeadBlock(nn.Module):
-    def __init__(self, width: int, mlp_ratio: float) -> None:
+    def __init__(self, width: int, mlp_ratio: float, norm_eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.norm2 = nn.LayerNorm(width)
+        self.norm1 = nn.LayerNorm(width, eps=norm_eps)
+        self.norm2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=nn.GELU, bias=False)
 
     def forward(self, x: torch.Tensor, mask: AttnMask = None) -> torch.Tensor:
@@ -43,15 +43,15 @@ class DeepHead(nn.Module):
     """Linear(d -> W), + sin-cos positions (in sequence order), N blocks, LayerNorm, Linear(W -> out)."""
 
     def __init__(self, dim: int, out_dim: int, width: int, depth: int, mlp_ratio: float,
-                 grid: tuple[int, int], num_heads: int | None) -> None:
+                 grid: tuple[int, int], num_heads: int | None, norm_eps: float = 1e-6) -> None:
         super().__init__()
         self.proj_in = nn.Linear(dim, width, bias=False)
         self.register_buffer("pos_embed", sincos_2d(width, grid), persistent=False)
         if num_heads is None:
-            self.blocks = nn.ModuleList(MLPHeadBlock(width, mlp_ratio) for _ in range(depth))
+            self.blocks = nn.ModuleList(MLPHeadBlock(width, mlp_ratio, norm_eps) for _ in range(depth))
         else:
-            self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio) for _ in range(depth))
-        self.norm = nn.LayerNorm(width)
+            self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio, norm_eps) for _ in range(depth))
+        self.norm = nn.LayerNorm(width, eps=norm_eps)
         self.out = nn.Linear(width, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor, perm: torch.Tensor, mask: AttnMask = None) -> torch.Tensor:
@@ -62,11 +62,12 @@ class DeepHead(nn.Module):
 
 
 def build_head(kind: str, dim: int, out_dim: int, width: int, depth: int, mlp_ratio: float,
-               grid: tuple[int, int], num_heads: int) -> nn.Module:
+               grid: tuple[int, int], num_heads: int, norm_eps: float = 1e-6) -> nn.Module:
+    """The prediction head `kind`; `norm_eps` is the eps of its LayerNorms (`AIMConfig.norm_eps`)."""
     if kind == "none":
         return LinearHead(dim, out_dim)
     if kind == "mlp":
-        return DeepHead(dim, out_dim, width, depth, mlp_ratio, grid, num_heads=None)
+        return DeepHead(dim, out_dim, width, depth, mlp_ratio, grid, num_heads=None, norm_eps=norm_eps)
     if kind == "transformer":
-        return DeepHead(dim, out_dim, width, depth, mlp_ratio, grid, num_heads=num_heads)
+        return DeepHead(dim, out_dim, width, depth, mlp_ratio, grid, num_heads=num_heads, norm_eps=norm_eps)
     raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")

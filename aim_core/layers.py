@@ -81,13 +81,15 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(LN(x)), x + mlp(LN(x)); GELU MLP without biases."""
+    """Pre-norm transformer block: x + attn(LN(x)), x + mlp(LN(x)); GELU MLP without biases.
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    `norm_eps`: LayerNorm eps, 1e-6 as in ml-aim (see `AIMConfig.norm_eps`)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, bias=False)
 
     def forward(self, x: torch.Tensor, mask: AttnMask = None) -> torch.Tensor:

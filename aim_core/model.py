@@ -37,7 +37,7 @@ class Preprocessor(nn.Module):
     def __init__(self, cfg: AIMConfig) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
-        self.norm = nn.LayerNorm(cfg.width)
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.register_buffer("pos_embed", sincos_2d(cfg.width, cfg.grid), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -50,11 +50,12 @@ class AIM(nn.Module):
         super().__init__()
         self.config = cfg
         self.preprocessor = Preprocessor(cfg)
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(cfg.width)
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps)
+                                    for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.target = build_target(cfg.target, cfg.patch_size, cfg.num_clusters, cfg.dvae_vocab, cfg.norm_pix_eps)
         self.head = build_head(cfg.head, cfg.width, self.target.out_dim, cfg.head_width, cfg.head_depth,
-                               cfg.head_mlp_ratio, cfg.grid, cfg.head_num_heads)
+                               cfg.head_mlp_ratio, cfg.grid, cfg.head_num_heads, cfg.norm_eps)
         order = make_order(cfg.order, cfg.grid, cfg.order_seed)
         self.register_buffer("perm", order.perm, persistent=False)
         self.register_buffer("inverse", order.inverse, persistent=False)

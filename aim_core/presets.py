@@ -18,6 +18,10 @@ class AIMConfig:
     depth: int = 24
     num_heads: int = 12
     mlp_ratio: float = 4.0
+    # eps of every LayerNorm (patch-embed norm, trunk blocks, final norm, head). 1e-6 as in Apple's ml-aim
+    # (`LayerNorm = partial(nn.LayerNorm, eps=1e-6)`), so its published weights load unchanged. A deliberate
+    # change from torch's default 1e-5, used here before: set 1e-5 to reproduce checkpoints trained then.
+    norm_eps: float = 1e-6
     head: str = "mlp"  # none | mlp | transformer
     head_width: int = 2048
     head_depth: int = 12
@@ -46,6 +50,7 @@ class AIMConfig:
             (self.width % self.num_heads == 0, "num_heads", f"{self.num_heads} does not divide width {self.width}"),
             (self.width % 4 == 0, "width", "must be divisible by 4 (2D sin-cos embedding)"),
             (self.depth >= 1, "depth", "must be >= 1"),
+            (self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}"),
             (self.head in ("none", "mlp", "transformer"), "head", f"unknown head {self.head!r}"),
             (self.head == "none" or self.head_width % 4 == 0, "head_width", "must be divisible by 4"),
             (self.head != "transformer" or self.head_width % self.head_num_heads == 0, "head_num_heads",

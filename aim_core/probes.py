@@ -12,9 +12,12 @@ __all__ = ["AttentiveProbe", "LinearProbe"]
 class AttentiveProbe(nn.Module):
     """AIM's attentive probe (ml-aim `AttentionPoolingClassifier`): BatchNorm (no affine) on the tokens,
     one learnable query (no query projection), bias-free key/value projections, heads = trunk heads,
-    softmax attention pooling, then Linear(d, classes). About 2d^2 parameters."""
+    softmax attention pooling, then Linear(d, classes). About 2d^2 parameters.
 
-    def __init__(self, dim: int, num_classes: int, num_heads: int) -> None:
+    `linear_bias`: whether the output Linear has a bias. False, as in ml-aim (`linear_bias=False`), so its
+    published heads load unchanged; this probe had one before. Shapes: (B, K, d) -> (B, classes)."""
+
+    def __init__(self, dim: int, num_classes: int, num_heads: int, linear_bias: bool = False) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"probe width {dim} is not divisible by {num_heads} heads")
@@ -23,7 +26,7 @@ class AttentiveProbe(nn.Module):
         self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.k = nn.Linear(dim, dim, bias=False)
         self.v = nn.Linear(dim, dim, bias=False)
-        self.linear = nn.Linear(dim, num_classes)
+        self.linear = nn.Linear(dim, num_classes, bias=linear_bias)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         b, n, d = feats.shape

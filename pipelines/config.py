@@ -36,6 +36,8 @@ class ModelSection(Strict):
     depth: int | None = Field(None, gt=0)
     num_heads: int | None = Field(None, gt=0)
     mlp_ratio: float | None = Field(None, gt=0)
+    norm_eps: float | None = Field(None, gt=0, description="LayerNorm eps (default 1e-6 as in ml-aim; 1e-5 for "
+                                   "checkpoints trained before the change)")
     head: Literal["none", "mlp", "transformer"] | None = None
     head_width: int | None = Field(None, gt=0)
     head_depth: int | None = Field(None, ge=0)
@@ -132,6 +134,7 @@ class ProbeSection(Strict):
     train_limit: int | None = Field(None, gt=0)
     test_limit: int | None = Field(None, gt=0)
     cache_features: bool = True
+    linear_bias: bool = Field(False, description="bias on the attentive probe's output Linear (ml-aim: none)")
 
 
 class ExperimentConfig(Strict):

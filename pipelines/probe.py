@@ -88,8 +88,8 @@ def run_probes(cfg: ExperimentConfig, model: AIM, train: tuple[torch.Tensor, tor
     train_x, test_x = extract(model, train[0], blocks, progress=progress), extract(model, test[0], blocks, progress=progress)
     classes = int(max(train[1].max(), test[1].max())) + 1
     d, heads = model.config.width, model.config.num_heads
-    att = train_probe(_seeded(lambda: AttentiveProbe(d, classes, heads), cfg.seed), train_x, train[1], test_x,
-                      test[1], cfg.probe, cfg.seed)
+    attentive = lambda: AttentiveProbe(d, classes, heads, cfg.probe.linear_bias)  # noqa: E731
+    att = train_probe(_seeded(attentive, cfg.seed), train_x, train[1], test_x, test[1], cfg.probe, cfg.seed)
     lin = train_probe(_seeded(lambda: LinearProbe(d, classes), cfg.seed), train_x, train[1], test_x, test[1],
                       cfg.probe, cfg.seed)
     return ProbeResult(att, lin, len(train[1]), len(test[1]), blocks)

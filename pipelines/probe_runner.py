@@ -16,6 +16,7 @@ __all__ = ["probe_checkpoint", "load_trunk"]
 def load_trunk(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[AIM, str]:
     """The model with the checkpoint's weights; `checkpoint=None` takes the run's latest."""
     from pipelines.data.storage import resolve
+    from pipelines.model_io import load_weights
     from pipelines.train.checkpoint import read_state
     from pipelines.train.driver import latest_checkpoint
 
@@ -28,7 +29,7 @@ def load_trunk(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[AIM, str]
         fs, path = resolve(checkpoint, cfg.data.s3)
         checkpoint = path
     model = AIM(cfg.aim_config())
-    model.load_state_dict(read_state(fs, checkpoint)["model"])
+    load_weights(model, read_state(fs, checkpoint), checkpoint)  # a run's checkpoint, or one imported from ml-aim
     return model, checkpoint
 
 

@@ -16,8 +16,10 @@ from core_helpers import build, seeded_images
 def test_attentive_probe_params(dim, classes, heads):
     probe = aim_core.AttentiveProbe(dim, classes, heads)
     n = sum(p.numel() for p in probe.parameters())
-    assert n == 2 * dim * dim + dim * classes + dim + classes
-    assert probe.k.bias is None and probe.v.bias is None
+    assert n == 2 * dim * dim + dim * classes + dim  # no output bias by default, as in ml-aim
+    assert probe.k.bias is None and probe.v.bias is None and probe.linear.bias is None
+    with_bias = aim_core.AttentiveProbe(dim, classes, heads, linear_bias=True)
+    assert sum(p.numel() for p in with_bias.parameters()) == n + classes
     assert not probe.bn.affine and probe.bn.weight is None and probe.bn.eps == 1e-6
     assert probe.num_heads == heads
 
