@@ -1,7 +1,8 @@
 """Training state <-> a checkpoint directory (one `state.pt`, loaded with weights_only=True).
 
-The state holds the model (unwrapped, full), optimizer, scheduler, global step, epoch, batches consumed in
-that epoch, and RNG states, so a rerun continues exactly where the checkpoint was taken.
+The state holds the model (unwrapped, full), optimizer, scheduler, global step, the data position (which
+rows every worker has consumed, `pipelines.data.stream`) and the torch RNG state, so a rerun continues
+exactly where the checkpoint was taken without re-reading the data before it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,25 +26,23 @@ LOCAL_PREFIX = "checkpoint_local_"  # checkpoints persisted by in-process runs (
 @dataclass
 class TrainState:
     step: int = 0  # optimizer updates done
-    epoch: int = 0  # pass over the training dataset (which chains every data epoch the schedule needs)
-    batches_in_epoch: int = 0  # batches of that pass already consumed (this worker)
+    data: dict = field(default_factory=dict)  # the data position (`pipelines.data.stream.Position.to_dict`)
 
 
 def save_state(directory: str | Path, model_state: dict, optim_state: dict, sched_state: dict,
-               state: TrainState, generator: torch.Generator, extra: dict | None = None) -> Path:
+               state: TrainState, extra: dict | None = None) -> Path:
     """Write atomically: a temp file renamed into place, so a crash never leaves a half-written state."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": model_state, "optimizer": optim_state, "scheduler": sched_state,
-        "step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch,
-        "torch_rng": torch.get_rng_state(), "prefix_rng": generator.get_state(), **(extra or {}),
+        "step": state.step, "data": state.data, "torch_rng": torch.get_rng_state(), **(extra or {}),
     }
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
     os.close(fd)
     torch.save(payload, tmp)
     os.replace(tmp, directory / STATE_FILE)
-    meta = {"step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch}
+    meta = {"step": state.step, "data": state.data}
     (directory / META_FILE).write_text(json.dumps(meta))
     return directory / STATE_FILE
 

@@ -18,7 +18,7 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, strateg
     return get_state_dict(model, optimizer, options=opts)
 
 
-def restore(saved: dict, model, optimizer, scheduler, generator: torch.Generator, strategy: str) -> TrainState:
+def restore(saved: dict, model, optimizer, scheduler, strategy: str) -> TrainState:
     if strategy == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -29,6 +29,4 @@ def restore(saved: dict, model, optimizer, scheduler, generator: torch.Generator
         optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
-    generator.set_state(saved["prefix_rng"])
-    return TrainState(step=int(saved["step"]), epoch=int(saved["epoch"]),
-                      batches_in_epoch=int(saved["batches_in_epoch"]))
+    return TrainState(step=int(saved["step"]), data=dict(saved.get("data") or {}))

@@ -76,8 +76,7 @@ def test_in_process_checkpoints_persist_to_s3_newest_kept(s3_env, tmp_path):
     run_dir = f"{root}/r"
     for step in (2, 4, 6):
         local = tmp_path / f"s{step}"
-        save_state(local, {"w": torch.full((2,), float(step))}, {}, {}, TrainState(step=step),
-                   torch.Generator().manual_seed(0))
+        save_state(local, {"w": torch.full((2,), float(step))}, {}, {}, TrainState(step=step))
         persist_checkpoint(local, fs, run_dir, step, keep=2)
     import pyarrow.fs as pafs
 
