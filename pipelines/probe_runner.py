@@ -28,7 +28,7 @@ def load_trunk(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[AIM, str]
         fs, path = resolve(checkpoint, cfg.data.s3)
         checkpoint = path
     model = AIM(cfg.aim_config())
-    model.load_state_dict(read_state(fs, checkpoint)["model"])
+    model.load_state_dict(read_state(fs, checkpoint, optimizer=False)["model"])  # full or sharded (read whole, CPU)
     return model, checkpoint
 
 

@@ -14,9 +14,9 @@ import torch
 from aim_core import AIM
 from pipelines.config import ExperimentConfig
 from pipelines.train import parallel
-from pipelines.train.checkpoint import TrainState, load_state, persist_checkpoint, read_state, run_storage, save_state
+from pipelines.train.checkpoint import TrainState, persist_checkpoint, read_state, run_storage
 from pipelines.train.optim import build_optimizer, build_scheduler
-from pipelines.train.state_io import full_state, restore
+from pipelines.train.state_io import restore, restore_checkpoint, use_sharded, write_checkpoint
 
 __all__ = ["LoopArgs", "train_loop_per_worker", "TrainingError", "NonFiniteLoss", "test_hooks_from_env"]
 
@@ -104,7 +104,7 @@ def train_loop_per_worker(raw_args: dict) -> None:
         torch.set_num_threads(cfg.scaling.threads_per_worker)
     model = _build(cfg, args, device)
     strategy = parallel.choose_strategy(cfg.scaling, model.param_counts()["total"])
-    forward = parallel.parallelize(model, strategy, world, cfg.scaling.compile)
+    forward = parallel.parallelize(model, strategy, world, cfg.scaling.compile, parallel.use_bf16(cfg.scaling, device))
     optimizer = build_optimizer(model, cfg.optim, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, cfg.schedule)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
@@ -112,10 +112,12 @@ def train_loop_per_worker(raw_args: dict) -> None:
     if local:  # local mode keeps no checkpoints: the driver names the one to resume from
         if args.extra.get("resume_from"):
             saved = read_state(run_storage(cfg)[0], args.extra["resume_from"])
-            state = restore(saved, model, optimizer, scheduler, generator, strategy)
+            state = restore(saved, model, optimizer, scheduler, strategy)
     elif (ckpt := ray.train.get_checkpoint()) is not None:
         with ckpt.as_directory() as d:
-            state = restore(load_state(d), model, optimizer, scheduler, generator, strategy)
+            state = restore_checkpoint(d, model, optimizer, scheduler, strategy)  # full or sharded
+    for _ in range(state.step):  # [fsdp-branch stopgap] the prefix generator is not checkpointed: replay its
+        model.sample_prefix_len(cfg.optim.batch_size // max(world, 1), generator)  # draws (one per step, per rank)
     scheduler.step_update(state.step)
     hooks = args.extra.get("test_hooks", {})
     if rank == 0 and hooks.get("pid_file"):
@@ -128,26 +130,28 @@ def _batches(cfg: ExperimentConfig, state: TrainState, per_worker: int, rank: in
     """This worker's batches, pass after pass, from its Ray Train dataset shard.
 
     The driver chains every data epoch the schedule needs into one dataset (each with its own order and
-    crops), so one pass normally covers the run; `state.epoch` counts passes. Each pass re-reads the shard
+    crops), so one pass normally covers the run; `state.data["epoch"]` counts passes. Each pass re-reads the shard
     with a local shuffle seeded by (seed, pass, rank): the same order on a rerun. A resumed run skips the
-    batches of its pass already consumed. Advances `state.epoch` / `state.batches_in_epoch` as it goes.
+    batches of its pass already consumed. Advances `state.data` epoch / batches_in_epoch as it goes.
     """
     shard = ray.train.get_dataset_shard("train")
+    epoch, in_epoch = int(state.data.get("epoch", 0)), int(state.data.get("batches_in_epoch", 0))  # [fsdp-branch]
     while True:
-        skip, produced = state.batches_in_epoch, 0
-        seed = (cfg.seed * 1_000_003 + state.epoch * 1009 + rank) % (2**31)
+        skip, produced = in_epoch, 0
+        seed = (cfg.seed * 1_000_003 + epoch * 1009 + rank) % (2**31)
         for i, batch in enumerate(shard.iter_torch_batches(
                 batch_size=per_worker, drop_last=True, local_shuffle_buffer_size=cfg.scaling.shuffle_buffer or None,
                 local_shuffle_seed=seed)):
             produced += 1
             if i < skip:
                 continue
-            state.batches_in_epoch = i + 1
+            in_epoch = i + 1
+            state.data.update(epoch=epoch, batches_in_epoch=in_epoch)
             yield batch["image"]
         if produced == 0:
             raise TrainingError(f"the training data has fewer than one batch of {per_worker} images per worker")
-        state.epoch += 1
-        state.batches_in_epoch = 0
+        epoch, in_epoch = epoch + 1, 0
+        state.data.update(epoch=epoch, batches_in_epoch=in_epoch)
 
 
 def _run(cfg, args, model, forward, optimizer, scheduler, generator, state, device, strategy, rank, world):
@@ -205,7 +209,7 @@ def _run(cfg, args, model, forward, optimizer, scheduler, generator, state, devi
             n_since, t0 = 0, time.perf_counter()
         if ckpt_now:
             preview = images[:4].detach().cpu() if done else None  # for the run's predictions PNG
-            _checkpoint(cfg, args, model, optimizer, scheduler, generator, state, strategy, rank, preview)
+            _checkpoint(cfg, args, model, optimizer, scheduler, state, strategy, rank, world, preview)
             last_ckpt = state.step
     if state.step < cfg.schedule.steps and not (args.stop_after and state.step >= args.stop_after):
         raise TrainingError(f"the data ran out at step {state.step} of {cfg.schedule.steps}")
@@ -248,14 +252,14 @@ def _reduce_any(x: torch.Tensor, world: int) -> torch.Tensor:
     return x.bool()
 
 
-def _checkpoint(cfg, args, model, optimizer, scheduler, generator, state, strategy, rank, preview) -> None:
-    model_sd, optim_sd = full_state(model, optimizer, strategy)  # collective under FSDP: every rank calls it
-    metrics = {"step": state.step, "epoch": state.epoch}
+def _checkpoint(cfg, args, model, optimizer, scheduler, state, strategy, rank, world, preview) -> None:
+    """Collective: full (rank 0 writes) or sharded (each rank reports its own shards; Ray Train merges them)."""
+    metrics = {"step": state.step, "epoch": state.data.get("epoch", 0)}
     extra = {"preview": preview} if preview is not None else None
+    sharded = use_sharded(cfg.storage, strategy, model.param_counts()["total"])
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
-        if rank == 0:
-            save_state(tmp, model_sd, optim_sd, scheduler.state_dict(), state, generator, extra)
+        if write_checkpoint(tmp, model, optimizer, scheduler, state, strategy, rank, world, sharded, extra):
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         if args.extra.get("local"):  # Ray Train's local mode would drop it: persist it like Ray Train storage
             fs, root = run_storage(cfg)
