@@ -96,6 +96,12 @@ def test_sharded_checkpoint_reads_as_full_state_on_cpu(sharded_ckpt):
         assert all(torch.equal(got["optimizer"]["state"][name][k], v) for k, v in moments.items()), name
     assert got["step"] == 1 and got["data"] == {"epoch": 0, "batches_in_epoch": 1}
     assert load_state(sharded_ckpt / "merged", optimizer=False)["model"].keys() == want["model"].keys()
+    import pyarrow.fs as pafs
+
+    from pipelines.train.checkpoint import read_state
+
+    remote = read_state(pafs.LocalFileSystem(), str(sharded_ckpt / "merged"))  # the object-storage path: a copy
+    assert all(torch.equal(remote["model"][k], v) for k, v in want["model"].items())
     assert checkpoint_complete(None, str(sharded_ckpt / "merged"), meta)
     assert not checkpoint_complete(None, str(sharded_ckpt / "rank0"), meta), "rank 1's shard is missing there"
 
