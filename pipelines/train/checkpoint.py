@@ -134,6 +134,7 @@ def read_state(fs, ckpt_path: str, optimizer: bool = True) -> dict:
         with fs.open_input_stream(f"{ckpt_path}/{STATE_FILE}") as src:
             Path(tmp, STATE_FILE).write_bytes(src.read())
         if fs.get_file_info(f"{ckpt_path}/{DCP_DIR}").type == pafs.FileType.Directory:
+            Path(tmp, DCP_DIR).mkdir()
             pafs.copy_files(f"{ckpt_path}/{DCP_DIR}", str(Path(tmp, DCP_DIR)), source_filesystem=fs,
                             destination_filesystem=pafs.LocalFileSystem())
         return load_state(tmp, optimizer=optimizer)
