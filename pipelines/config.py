@@ -114,6 +114,12 @@ class StorageSection(Strict):
     path: str = Field("runs", description="local directory or s3://bucket/prefix for checkpoints")
     checkpoint_every: int = Field(100, gt=0)
     keep: int = Field(2, gt=0)
+    sharded: Literal["auto"] | bool = Field("auto", description="FSDP checkpoints as per-rank shards "
+                                             "(torch.distributed.checkpoint) instead of one full state gathered "
+                                             "on rank 0: auto = when the model has >= sharded_min_params "
+                                             "parameters; DDP always writes full checkpoints")
+    sharded_min_params: int = Field(300_000_000, ge=0, description="the model size from which `sharded: auto` "
+                                    "shards (default parallel.FSDP_MIN_PARAMS)")
 
 
 class TrackingSection(Strict):

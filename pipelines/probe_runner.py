@@ -29,7 +29,8 @@ def load_trunk(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[AIM, str]
         fs, path = resolve(checkpoint, cfg.data.s3)
         checkpoint = path
     model = AIM(cfg.aim_config())
-    load_weights(model, read_state(fs, checkpoint), checkpoint)  # a run's checkpoint, or one imported from ml-aim
+    # a run's checkpoint (full or sharded, read whole on the CPU), or one imported from ml-aim
+    load_weights(model, read_state(fs, checkpoint, optimizer=False), checkpoint)
     return model, checkpoint
 
 

@@ -14,7 +14,7 @@ import yaml
 
 from pipelines import tracking
 from pipelines.config import ExperimentConfig, flatten
-from pipelines.train.checkpoint import LOCAL_PREFIX, META_FILE, read_state
+from pipelines.train.checkpoint import LOCAL_PREFIX, META_FILE, checkpoint_complete, read_state
 from pipelines.train.checkpoint import run_storage as _storage  # the driver's short name
 from pipelines.train.loop import LoopArgs, TrainingError, test_hooks_from_env, train_loop_per_worker
 
@@ -48,7 +48,8 @@ def latest_checkpoint(cfg: ExperimentConfig) -> tuple[str | None, dict]:
 
     Only checkpoints Ray Train registered count when it has written its snapshot: a directory uploaded by a
     worker (or driver) killed before the controller registered it may be incomplete, and Ray Train itself
-    resumes from the registered one."""
+    resumes from the registered one. A sharded checkpoint also needs every file its meta lists (each rank
+    uploads its own shards)."""
     import pyarrow.fs as pafs
 
     fs, root = _storage(cfg)
@@ -70,6 +71,8 @@ def latest_checkpoint(cfg: ExperimentConfig) -> tuple[str | None, dict]:
                 meta = json.loads(f.read())
         except (OSError, ValueError):
             continue  # incomplete checkpoint: ignored
+        if not checkpoint_complete(fs, info.path, meta):
+            continue  # sharded, and some rank's shards are missing: ignored
         if meta.get("step", -1) > best_meta.get("step", -1):
             best, best_meta = info.path, meta
     return best, best_meta
@@ -161,7 +164,7 @@ def _log_outputs(cfg: ExperimentConfig, uri: str, run_id: str, ckpt_path: str, p
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         (tmp / "checkpoint_uri.txt").write_text(ckpt_uri + "\n")
         model = AIM(cfg.aim_config())
-        state = read_state(fs, ckpt_path)
+        state = read_state(fs, ckpt_path, optimizer=False)  # full on CPU, sharded checkpoints too
         model.load_state_dict(state["model"])
         images = state.get("preview")  # the last training batch's first images, saved with the final checkpoint
         if images is None:  # checkpoints from before the preview was saved

@@ -14,10 +14,10 @@ import torch
 from aim_core import AIM
 from pipelines.config import ExperimentConfig
 from pipelines.train import parallel
-from pipelines.train.checkpoint import TrainState, load_state, persist_checkpoint, read_state, run_storage, save_state
+from pipelines.train.checkpoint import TrainState, persist_checkpoint, read_state, run_storage
 from pipelines.train.feed import open_feed
 from pipelines.train.optim import build_optimizer, build_scheduler
-from pipelines.train.state_io import full_state, restore
+from pipelines.train.state_io import restore, restore_checkpoint, use_sharded, write_checkpoint
 
 __all__ = ["LoopArgs", "train_loop_per_worker", "TrainingError", "NonFiniteLoss", "test_hooks_from_env"]
 
@@ -106,7 +106,7 @@ def train_loop_per_worker(raw_args: dict) -> None:
         torch.set_num_threads(cfg.scaling.threads_per_worker)
     model = _build(cfg, args, device)
     strategy = parallel.choose_strategy(cfg.scaling, model.param_counts()["total"])
-    forward = parallel.parallelize(model, strategy, world, cfg.scaling.compile)
+    forward = parallel.parallelize(model, strategy, world, cfg.scaling.compile, parallel.use_bf16(cfg.scaling, device))
     optimizer = build_optimizer(model, cfg.optim, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, cfg.schedule)
     state = TrainState()
@@ -116,7 +116,7 @@ def train_loop_per_worker(raw_args: dict) -> None:
             state = restore(saved, model, optimizer, scheduler, strategy)
     elif (ckpt := ray.train.get_checkpoint()) is not None:
         with ckpt.as_directory() as d:
-            state = restore(load_state(d), model, optimizer, scheduler, strategy)
+            state = restore_checkpoint(d, model, optimizer, scheduler, strategy)  # full or sharded
     scheduler.step_update(state.step)
     hooks = args.extra.get("test_hooks", {})
     if rank == 0 and hooks.get("pid_file"):
@@ -187,7 +187,7 @@ def _run(cfg, args, model, forward, optimizer, scheduler, feed, state, device, s
         if ckpt_now:
             preview = images[:4].detach().cpu() if done else None  # for the run's predictions PNG
             state.data = feed.state(world)  # collective: every rank's position
-            _checkpoint(cfg, args, model, optimizer, scheduler, state, strategy, rank, preview)
+            _checkpoint(cfg, args, model, optimizer, scheduler, state, strategy, rank, world, preview)
             last_ckpt = state.step
     if state.step < cfg.schedule.steps and not (args.stop_after and state.step >= args.stop_after):
         raise TrainingError(f"the data ran out at step {state.step} of {cfg.schedule.steps}")
@@ -230,14 +230,14 @@ def _reduce_any(x: torch.Tensor, world: int) -> torch.Tensor:
     return x.bool()
 
 
-def _checkpoint(cfg, args, model, optimizer, scheduler, state, strategy, rank, preview) -> None:
-    model_sd, optim_sd = full_state(model, optimizer, strategy)  # collective under FSDP: every rank calls it
+def _checkpoint(cfg, args, model, optimizer, scheduler, state, strategy, rank, world, preview) -> None:
+    """Collective: full (rank 0 writes) or sharded (each rank reports its own shards; Ray Train merges them)."""
     metrics = {"step": state.step}
     extra = {"preview": preview} if preview is not None else None
+    sharded = use_sharded(cfg.storage, strategy, model.param_counts()["total"])
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
-        if rank == 0:
-            save_state(tmp, model_sd, optim_sd, scheduler.state_dict(), state, extra)
+        if write_checkpoint(tmp, model, optimizer, scheduler, state, strategy, rank, world, sharded, extra):
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         if args.extra.get("local"):  # Ray Train's local mode would drop it: persist it like Ray Train storage
             fs, root = run_storage(cfg)
