@@ -80,7 +80,7 @@ def test_export_of_a_trained_checkpoint_leaves_the_head_out(tmp_path, published)
     from pipelines.train.checkpoint import TrainState, save_state
 
     model, backbone, _ = published
-    save_state(tmp_path / "ckpt", model.state_dict(), {}, {}, TrainState(step=3), torch.Generator())
+    save_state(tmp_path / "ckpt", model.state_dict(), {}, {}, TrainState(step=3))
     code, out, err = _cli("model", "export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "x.pth"))
     assert code == 0, err
     assert "head.*" in out  # what was left out is named
@@ -155,7 +155,7 @@ def test_a_trained_checkpoint_that_does_not_fit_is_named_in_one_line(tmp_path, p
     from pipelines.train.checkpoint import TrainState, save_state
 
     model, _, _ = published
-    save_state(tmp_path / "ckpt", model.state_dict(), {}, {}, TrainState(step=3), torch.Generator())
+    save_state(tmp_path / "ckpt", model.state_dict(), {}, {}, TrainState(step=3))
     assert load_trunk(_experiment(), str(tmp_path / "ckpt"))[0].config.width == 32  # a fitting one loads as before
     with pytest.raises(CheckpointError, match=r"does not fit the experiment's model: .* has shape \(32, .*expected \(64"):
         load_trunk(_experiment(width=64), str(tmp_path / "ckpt"))
