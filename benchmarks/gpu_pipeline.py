@@ -22,8 +22,10 @@ Phases, in order (each timed; a failure is recorded with its error and the phase
    (resumed_from > 0) and reach the final step. GPU: 1 worker, the preset's width and heads at reduced
    depth (`--fsdp-set`, default model.depth=4, model.head_depth=2: the checkpoints of the full model are
    13 GB each); CPU smoke: 2 workers over gloo.
-5. `probe`: the `aimctl probe` code path on the pre-training run's latest checkpoint (features on the GPU
-   when there is one), small probe sizes.
+5. `probe`: the `aimctl probe` code path (features on the GPU when there is one, small probe sizes) on the
+   latest checkpoint of the FSDP run, trained and resumed above (a sharded run's full state dict loaded
+   into a plain model); `--probe-run main` probes the pre-training run instead (on the GPU it reads
+   aim-600m's 13 GB checkpoint once more, about half a minute).
 
 Prints one JSON document on stdout (progress on stderr) with every figure, the GPU, versions, the
 commands and config, per-phase wall times and errors; `--out FILE` also rewrites FILE after every phase.
@@ -47,14 +49,14 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO_TARGET = 0.95
 PHASES = ("data", "pretrain", "gpu_step", "fsdp", "fsdp_resume", "probe")
-NEEDS = {"pretrain": ("data",), "fsdp": ("data",), "fsdp_resume": ("fsdp",), "probe": ("pretrain",)}
+NEEDS = {"pretrain": ("data",), "fsdp": ("data",), "fsdp_resume": ("fsdp",)}  # probe: see probe_needs
 
 
 @dataclasses.dataclass
@@ -167,19 +169,22 @@ def sets_args(sets: list[str]) -> list[str]:
 
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    rest = [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x and x != str(ROOT)]
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *rest])
     return env
 
 
 def gpu_info() -> dict:
-    """GPU name and memory from nvidia-smi (no CUDA context in this process before the probe)."""
+    """GPU name and memory from nvidia-smi (no CUDA context in this process before the probe), else torch's."""
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=30, check=True)
         name, mem, driver = [x.strip() for x in out.stdout.strip().splitlines()[0].split(",")]
         return {"gpu": name, "gpu_memory": mem, "driver": driver}
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return {"gpu": None}
+        import torch
+
+        return {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def env_info() -> dict:
@@ -231,7 +236,7 @@ def wall_rate(points: list, batch: int) -> float | None:
     return (points[-1].step - points[0].step) * batch / ((points[-1].timestamp - points[0].timestamp) / 1e3)
 
 
-def run_pretrain(yaml_path: Path, sets: list[str], stop_after: int | None = None):
+def run_pretrain(yaml_path: Path, sets: list[str], stop_after: int | None = None) -> tuple[Any, Any]:
     """What `aimctl pretrain YAML --set ... [--stop-after N]` does (in this process, on its local Ray)."""
     from pipelines.config import load_experiment
     from pipelines.train.driver import pretrain
@@ -310,16 +315,27 @@ def phase_fsdp_resume(p: Profile, yaml_path: Path) -> dict:
     return out
 
 
-def phase_probe(yaml_path: Path) -> dict:
-    """What `aimctl probe YAML` does: the pre-training run's latest checkpoint, features on the GPU if any."""
+def probe_sets(p: Profile, probe_run: str) -> list[str]:
+    """`fsdp`: the FSDP run trained and resumed above (a sharded run's checkpoint into a plain model);
+    `main`: the pre-training run (aim-600m on the GPU: reads its 13 GB checkpoint once more)."""
+    return fsdp_sets(p) if probe_run == "fsdp" else []
+
+
+def probe_needs(probe_run: str) -> tuple[str, ...]:
+    return ("fsdp_resume",) if probe_run == "fsdp" else ("pretrain",)
+
+
+def phase_probe(yaml_path: Path, sets: list[str]) -> dict:
+    """What `aimctl probe YAML [--set ...]` does: the run's latest checkpoint, features on the GPU if any."""
     from pipelines.config import load_experiment
     from pipelines.probe_runner import probe_checkpoint, probe_device
 
-    cfg = load_experiment(yaml_path, [])
+    cfg = load_experiment(yaml_path, sets)
     res = probe_checkpoint(cfg, None, device="auto")
-    return {"command": aimctl("probe", str(yaml_path)), "device": str(probe_device("auto")),
-            "attentive_top1": res.attentive_top1, "linear_top1": res.linear_top1,
-            "num_train": res.num_train, "num_test": res.num_test, "blocks": res.blocks}
+    return {"command": aimctl("probe", str(yaml_path), *sets_args(sets)), "run": cfg.name,
+            "device": str(probe_device("auto")), "attentive_top1": res.attentive_top1,
+            "linear_top1": res.linear_top1, "num_train": res.num_train, "num_test": res.num_test,
+            "blocks": res.blocks}
 
 
 class Report:
@@ -334,11 +350,13 @@ class Report:
             Path(tmp).write_text(json.dumps(self.doc, indent=2))
             os.replace(tmp, self.out)
 
-    def run(self, name: str, wanted: set[str], fn: Callable[[], dict]) -> None:
+    def run(self, name: str, wanted: set[str], fn: Callable[[], dict], needs: tuple[str, ...] | None = None) -> None:
+        """Run phase `name` if wanted and the phases it needs (default `NEEDS`) went well, else record why not."""
         phases = self.doc["phases"]
         if name not in wanted:
             return
-        missing = [d for d in NEEDS.get(name, ()) if phases.get(d, {}).get("status") != "ok"]
+        needs = NEEDS.get(name, ()) if needs is None else needs
+        missing = [d for d in needs if phases.get(d, {}).get("status") != "ok"]
         if missing:
             phases[name] = {"status": "skipped", "reason": f"needs {', '.join(missing)}"}
             self.dump()
@@ -395,9 +413,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--source-size", type=int, help="pool source image size in px (GPU 512 -> 384-768 px)")
     ap.add_argument("--per-shard", type=int, help="pool images per shard (GPU 200 x 4 shards)")
     ap.add_argument("--fsdp-steps", type=int, help="FSDP phase steps, checkpoint half way (default 4)")
+    ap.add_argument("--fsdp-workers", type=int, help="FSDP phase workers (GPU 1, smoke 2)")
     ap.add_argument("--fsdp-set", action="append", default=None,
                     help="override for the FSDP phase (repeatable; replaces the default depth reduction)")
     ap.add_argument("--gpu-step-steps", type=int, help="timed gpu_step steps (GPU 20)")
+    ap.add_argument("--probe-run", choices=("fsdp", "main"), default="fsdp",
+                    help="whose latest checkpoint the probe phase probes (default: the resumed FSDP run)")
     ap.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)}")
     ap.add_argument("--workdir", help="parent of the temp dir (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data, checkpoints, mlflow.db)")
@@ -409,6 +430,7 @@ def profile_from(a: argparse.Namespace) -> Profile:
     p = cpu_smoke_profile() if a.cpu_smoke else gpu_profile()
     flags = {"steps": a.steps, "batch": a.batch_size, "log_every": a.log_every, "source_size": a.source_size,
              "per_shard": a.per_shard, "fsdp_steps": a.fsdp_steps, "fsdp_sets": a.fsdp_set,
+             "fsdp_workers": a.fsdp_workers,
              "gpu_step_steps": a.gpu_step_steps}
     return dataclasses.replace(p, **{k: v for k, v in flags.items() if v is not None})
 
@@ -434,7 +456,7 @@ def run_phases(p: Profile, a: argparse.Namespace, work: Path, report: Report) ->
     report.run("gpu_step", wanted, lambda: phase_gpu_step(p, work))
     report.run("fsdp", wanted, lambda: phase_fsdp(p, yaml_path))
     report.run("fsdp_resume", wanted, lambda: phase_fsdp_resume(p, yaml_path))
-    report.run("probe", wanted, lambda: phase_probe(yaml_path))
+    report.run("probe", wanted, lambda: phase_probe(yaml_path, probe_sets(p, a.probe_run)), probe_needs(a.probe_run))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,8 +465,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"--phases: unknown {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    missing = missing_modules()
+    if missing:
+        print(json.dumps({"benchmark": "gpu_pipeline", "ok": False, "error": f"cannot import {', '.join(missing)}: "
+                          "install the project's dependencies (pyproject.toml) first"}))
+        return 1
     for var, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("MLFLOW_DISABLE_TELEMETRY", "true")):
         os.environ.setdefault(var, value)
+    os.environ["PYTHONPATH"] = subprocess_env()["PYTHONPATH"]  # Ray's workers import this checkout's code too
     p = profile_from(a)
     if p.use_gpu and not _has_cuda():
         print(json.dumps({"benchmark": "gpu_pipeline", "skipped": "no CUDA (--cpu-smoke runs it on the CPU)"}))
@@ -455,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         with stdout_to_stderr():  # progress bars and Ray's worker logs: stdout carries the JSON only
             report = Report(a.out, {"benchmark": "gpu_pipeline", "mode": p.mode, "env": env_info(),
                                     "workdir": str(work), "config": {"profile": dataclasses.asdict(p),
-                                    "skip_fraction": a.skip_fraction, "phases": a.phases}, "phases": {}})
+                                    "skip_fraction": a.skip_fraction, "phases": a.phases,
+                                    "probe_run": a.probe_run}, "phases": {}})
             run_phases(p, a, work, report)
             _shutdown_ray()
     finally:
@@ -475,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def stdout_to_stderr():
+def stdout_to_stderr() -> Iterator[None]:
     """Send everything written to stdout (file descriptor 1 too, so threads and C code) to stderr."""
     sys.stdout.flush()
     saved = os.dup(1)
@@ -486,6 +515,22 @@ def stdout_to_stderr():
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+REQUIRED = ("torch", "timm", "PIL", "yaml", "pyarrow", "pydantic", "typer", "rich", "mlflow", "ray.train", "ray.data")
+
+
+def missing_modules() -> list[str]:
+    """The project's dependencies this interpreter cannot import (a device image may have torch only)."""
+    import importlib
+
+    missing = []
+    for name in REQUIRED:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 def _has_cuda() -> bool:

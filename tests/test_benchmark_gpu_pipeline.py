@@ -50,6 +50,7 @@ def test_cpu_smoke_end_to_end(tmp_path):
                                                              rel=1e-3)
     assert fig["fsdp_resumed_from"] == 2 and fig["fsdp_final_step"] == 4
     assert 0 <= fig["probe_attentive_top1"] <= 100 and 0 <= fig["probe_linear_top1"] <= 100
+    assert phases["probe"]["run"] == "gpu-pipeline-fsdp"  # the FSDP run's checkpoint, loaded into a plain model
     assert doc["env"]["torch"] and "gpu" in doc["env"]
     assert doc["config"]["experiment"]["scaling"]["precision"] == "fp32"
     assert not Path(doc["workdir"]).exists()  # removed without --keep
@@ -109,3 +110,17 @@ def test_steady_state_figures_from_metric_points():
     assert gpu_pipeline.median_value(points[1:]) == 95.0 and gpu_pipeline.median_value([]) is None
     assert gpu_pipeline.wall_rate(points[1:], batch=8) == 80.0
     assert gpu_pipeline.wall_rate(points[:1], batch=8) is None
+
+
+def test_subprocesses_import_this_checkout_first(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), "/elsewhere"]))
+    assert gpu_pipeline.subprocess_env()["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/elsewhere"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert gpu_pipeline.subprocess_env()["PYTHONPATH"] == str(ROOT)
+
+
+def test_missing_dependencies_are_named_in_the_json(monkeypatch, capsys):
+    monkeypatch.setattr(gpu_pipeline, "REQUIRED", ("torch", "no_such_module_here"))
+    assert gpu_pipeline.main(["--cpu-smoke"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and "no_such_module_here" in doc["error"] and "torch" not in doc["error"]
