@@ -41,6 +41,7 @@ def demo(out: Annotated[str, typer.Option("--out", help="directory or s3://bucke
          shards: int = typer.Option(4, min=1), per_shard: int = typer.Option(200, min=20),
          curated_train: int = typer.Option(400, min=10), curated_test: int = typer.Option(100, min=10),
          size: int = typer.Option(64, min=16, help="pool image size (px, varied aspect); curated is half"),
+         curated_size: int | None = typer.Option(None, min=16, help="curated image size (px, square; default half of --size)"),
          seed: int = 0, endpoint_url: EndpointOpt = None, region: RegionOpt = None) -> None:
     """Write a small pool (WebDataset + metadata Parquet) and curated set (labelled Parquet), generated offline.
 
@@ -50,7 +51,8 @@ def demo(out: Annotated[str, typer.Option("--out", help="directory or s3://bucke
 
     try:
         s = write_demo(out, shards=shards, per_shard=per_shard, curated_train=curated_train,
-                       curated_test=curated_test, size=size, seed=seed, s3=_s3(endpoint_url, region))
+                       curated_test=curated_test, size=size, seed=seed, curated_size=curated_size,
+                       s3=_s3(endpoint_url, region))
     except OSError as e:
         fail(_data_error(e) or str(e), code=1)
     console.print(f"pool: {s.pool_uri} ({s.pool_rows} rows in {shards} shards)\n"

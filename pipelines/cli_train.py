@@ -52,14 +52,15 @@ def probe(experiment: Path = typer.Argument(..., help="the experiment YAML the c
           checkpoint: str = typer.Option(None, "--checkpoint", help="checkpoint directory (local or s3://): a run's, "
                                          "or one written by `aimctl model import`; default: the run's latest"),
           random_init: bool = typer.Option(False, "--random-init", help="probe a randomly initialised trunk of the same shape (baseline)"),
-          set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+          set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+          device: str = typer.Option("auto", "--device", help="feature extraction: auto (GPU if any), cpu, cuda, cuda:N")) -> None:
     """Attentive + linear probes on the frozen trunk; top-1 logged to the pre-training's MLflow run."""
     cfg = load_or_exit(experiment, set_)
     from pipelines.model_io import CheckpointError
     from pipelines.probe_runner import probe_checkpoint
 
     try:
-        res = probe_checkpoint(cfg, checkpoint, random_init=random_init)
+        res = probe_checkpoint(cfg, checkpoint, random_init=random_init, device=device)
     except (FileNotFoundError, CheckpointError) as e:
         fail(str(e))
     label = "random-init trunk" if random_init else "pretrained trunk"

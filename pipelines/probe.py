@@ -27,11 +27,13 @@ class ProbeResult:
 @torch.no_grad()
 def extract(model: AIM, images: torch.Tensor, blocks: list[int], batch_size: int = 256,
             progress=None) -> torch.Tensor:
-    """Features (N, K, d) in bf16 to halve memory (computed once: the probes' feature cache)."""
+    """Features (N, K, d) in bf16 on the CPU to halve memory (computed once: the probes' feature cache), by
+    the model on its own device (the GPU when `probe_checkpoint` put it there)."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for chunk in images.split(batch_size):
-        out.append(model.extract_features(chunk.float(), blocks).to(torch.bfloat16))
+        out.append(model.extract_features(chunk.to(device).float(), blocks).to(torch.bfloat16).cpu())
         if progress is not None:
             progress(len(chunk))
     return torch.cat(out)

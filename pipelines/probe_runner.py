@@ -10,7 +10,7 @@ from pipelines import tracking
 from pipelines.config import ExperimentConfig
 from pipelines.probe import ProbeResult, run_probes
 
-__all__ = ["probe_checkpoint", "load_trunk"]
+__all__ = ["probe_checkpoint", "probe_device", "load_trunk"]
 
 
 def load_trunk(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[AIM, str]:
@@ -34,7 +34,16 @@ def load_trunk(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[AIM, str]
     return model, checkpoint
 
 
-def probe_checkpoint(cfg: ExperimentConfig, checkpoint: str | None, random_init: bool = False) -> ProbeResult:
+def probe_device(device: str = "auto") -> torch.device:
+    """`auto`: the first GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def probe_checkpoint(cfg: ExperimentConfig, checkpoint: str | None, random_init: bool = False,
+                     device: str = "auto") -> ProbeResult:
+    """Features are extracted on `device`; the probes train on the cached features on the CPU."""
     from pipelines.data import load_labelled
 
     if random_init:
@@ -42,6 +51,7 @@ def probe_checkpoint(cfg: ExperimentConfig, checkpoint: str | None, random_init:
         model = AIM(cfg.aim_config())
     else:
         model, _ = load_trunk(cfg, checkpoint)
+    model = model.to(probe_device(device))
     src = cfg.probe.data or cfg.data.curated.uri
     img = model.config.img_size
     # s3: the experiment's endpoint/region (a bare URI alone would fall back to AWS_ENDPOINT_URL or AWS itself)

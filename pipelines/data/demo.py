@@ -148,15 +148,19 @@ def _write_curated(fs, root: str, counts: dict[str, int], size: int, rng, summar
 
 
 def write_demo(out: str, *, shards: int = 4, per_shard: int = 200, curated_train: int = 400,
-               curated_test: int = 100, size: int = 64, seed: int = 0, s3: S3Config | None = None) -> DemoSummary:
-    """Write `OUT/pool`, `OUT/curated`, `OUT/data.yaml` (a ready `data:` section) and `OUT/demo.json`."""
+               curated_test: int = 100, size: int = 64, seed: int = 0, s3: S3Config | None = None,
+               curated_size: int | None = None) -> DemoSummary:
+    """Write `OUT/pool`, `OUT/curated`, `OUT/data.yaml` (a ready `data:` section) and `OUT/demo.json`.
+
+    Pool images are `size` px scaled by 0.75-1.5 per side; curated images are `curated_size` px square
+    (default half of `size`, at least 16)."""
     fs, root = storage.filesystem(out, s3)
     base = out.rstrip("/")
     summary = DemoSummary(pool_uri=f"{base}/pool", curated_uri=f"{base}/curated")
     rng = np.random.default_rng(seed)
     _write_pool(fs, f"{root}/pool", shards, per_shard, size, rng, summary)
-    _write_curated(fs, f"{root}/curated", {"train": curated_train, "test": curated_test}, max(size // 2, 16),
-                   rng, summary)
+    _write_curated(fs, f"{root}/curated", {"train": curated_train, "test": curated_test},
+                   curated_size or max(size // 2, 16), rng, summary)
     storage.write_bytes(fs, f"{root}/demo.json", json.dumps(asdict(summary), indent=2).encode())
     storage.write_bytes(fs, f"{root}/data.yaml", demo_yaml(summary, s3).encode())
     return summary

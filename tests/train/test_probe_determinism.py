@@ -46,3 +46,15 @@ def test_probe_init_follows_the_seed_and_leaves_the_global_state_alone():
     assert torch.equal(torch.rand(3), expected_next)  # the caller's random stream is untouched
     torch.rand(50)
     assert torch.equal(init(3), a) and not torch.equal(init(4), a)
+
+
+def test_features_come_back_to_the_cpu_in_bf16_from_the_models_device():
+    from pipelines.probe import extract
+    from pipelines.probe_runner import probe_device
+
+    assert probe_device("cpu") == torch.device("cpu")
+    assert probe_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = aim_core.build_model("aim-test", img_size=16).to(probe_device("auto"))
+    feats = extract(model, _data(5, 0)[0], model.resolve_blocks(None), batch_size=2)
+    assert feats.shape == (5, model.config.num_patches, model.config.width)
+    assert feats.device.type == "cpu" and feats.dtype == torch.bfloat16
