@@ -156,10 +156,18 @@ class StreamPlan:
         return ds
 
 
-def _enough(plans: list[EpochPlan], min_samples: int, world: int) -> bool:
-    """Whether every rank's round-robin share of the planned tasks holds >= 1.05 x its part of the samples."""
-    sizes = [t["slot_stop"] - t["slot_start"] for p in plans for t in p.tasks]
-    return min(sum(sizes[r::world]) for r in range(world)) >= 1.05 * min_samples / world
+def _chain_until(plans: list[EpochPlan], more, min_samples: int, world: int) -> None:
+    """Append epochs (`more(epoch)`) until every rank's round-robin share of the tasks (task i to rank
+    i % world) plans >= 1.05 x its part of `min_samples`. Linear in the tasks planned."""
+    share, n = [0] * world, 0
+    need = 1.05 * min_samples / world
+    while True:
+        for t in plans[-1].tasks:
+            share[n % world] += t["slot_stop"] - t["slot_start"]
+            n += 1
+        if min(share) >= need:
+            return
+        plans.append(more(plans[-1].epoch + 1))
 
 
 def plan_stream(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_source: bool = False,
@@ -174,8 +182,7 @@ def plan_stream(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
     sel = _selection(cfg, shards, fresh_selection)
     plans = [plan_epoch(cfg, sel, cur, seed, epoch)]
     if min_samples > 0:
-        while not _enough(plans, min_samples, max(world, 1)):
-            plans.append(plan_epoch(cfg, sel, cur, seed, epoch + len(plans)))
+        _chain_until(plans, lambda e: plan_epoch(cfg, sel, cur, seed, e), min_samples, max(world, 1))
     else:
         plans += [plan_epoch(cfg, sel, cur, seed, e) for e in range(epoch + 1, epoch + num_epochs)]
     tasks, expected = _tasks(plans)
