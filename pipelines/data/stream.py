@@ -132,12 +132,10 @@ class WorkerStream:
         while need > 0 and (nxt := self._next_block()) is not None:
             block, off = nxt
             n = min(need, len(block["slot"]) - off)
-            pieces.append((block["image"], np.arange(off, off + n)))
-            slots = block["slot"]
+            pieces.append((block["image"], np.arange(off, off + n), block["slot"][off:off + n]))
             need -= n
-            if off + n < len(slots):
+            if off + n < len(block["slot"]):
                 self._pending = (block, off + n)
-            pieces[-1] = (*pieces[-1], slots[off:off + n])
         if not pieces:
             return None
         n = self.window - need
