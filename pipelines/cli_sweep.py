@@ -54,13 +54,15 @@ def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML, e.g. experime
 def _print_plan(spec, trials, plan) -> None:
     from rich.table import Table
 
-    t = Table(title=f"sweep {spec.name} ({spec.mode}): {len(plan.trials)} trial(s) to run, "
+    seeds = spec.seeds or [trials[0].seed]
+    t = Table(title=f"sweep {spec.name} ({spec.mode}): {len(plan.trials)} trial(s) to run "
+                    f"({len(seeds)} seed(s): {', '.join(map(str, seeds))}; {len(trials)} planned), "
                     f"{plan.max_concurrent} at a time on {plan.cluster_cpus:g} CPUs")
-    for col in ("trial", "axis", "value", "run name", "steps", "note"):
+    for col in ("trial", "axis", "value", "seed", "run name", "steps", "note"):
         t.add_column(col, overflow="fold")
     for tr in trials:
         note = f"same as {tr.duplicate_of}" if tr.duplicate_of else ""
-        t.add_row(tr.trial_id, tr.axis, tr.value, tr.config.name, str(tr.config.schedule.steps), note)
+        t.add_row(tr.trial_id, tr.axis, tr.value, str(tr.seed), tr.config.name, str(tr.config.schedule.steps), note)
     console.print(t)
     console.print(f"resources per trial: driver {plan.cpus_per_trial:g} CPU + {plan.workers_per_trial} worker(s) x "
                   f"{plan.cpus_per_worker:g} CPU; max_concurrent_trials={plan.max_concurrent}", highlight=False)
