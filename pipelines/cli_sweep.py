@@ -76,7 +76,8 @@ def report(sweep: str = typer.Argument(..., help="sweep name or the parent MLflo
     from rich.table import Table
 
     from pipelines import tracking
-    from pipelines.sweep.report import HEADER, table_rows, write_report
+    from pipelines.sweep.report import (HEADER, TEST_NOTE, VERDICT_HEADER, axis_verdicts, table_rows, verdict_rows,
+                                        write_report)
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     try:
@@ -89,5 +90,12 @@ def report(sweep: str = typer.Argument(..., help="sweep name or the parent MLflo
     for r in table_rows(rows):
         t.add_row(*r)
     console.print(t)
+    v = Table(title="does the paper's direction hold? (attentive top-1, Welch's t-test, two-sided, alpha 0.05)")
+    for h in VERDICT_HEADER:
+        v.add_column(h, overflow="fold")
+    for r in verdict_rows(axis_verdicts(rows)):
+        v.add_row(*r)
+    console.print(v)
+    console.print(TEST_NOTE, highlight=False)
     console.print(f"report: {where / 'report.html'} (and report.md, PNG charts)\n"
                   f"browse runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000", highlight=False)
