@@ -209,6 +209,9 @@ def axis_verdicts(rows: list[Row]) -> list[Verdict]:
             out.append(Verdict(axis, None, "no paper reference for these values"))
             continue
         pairs = [_compare(sub[best], r) for v, r in sub.items() if v != best]
+        if not pairs:
+            out.append(Verdict(axis, best, "nothing to compare (one value)"))
+            continue
         out.append(Verdict(axis, best, _overall([o for o, _ in pairs]), [d for _, d in pairs]))
     return out
 

@@ -155,3 +155,34 @@ def test_grid_marginals_are_per_seed_then_over_seeds():
     assert [r.axis for r in rows].count("grid") == 4 and all(r.n == 2 for r in rows)
     assert paper_best("attention", ["prefix", "causal"]) == "prefix"
     assert paper_best("shape", ["deep_128x9", "wide_192x4"]) == "wide_192x4"
+
+
+@pytest.mark.ray
+def test_seeded_sweep_end_to_end(ray_local, demo_data, tmp_path):
+    """Two seeds of the base (the one axis value equals the base): 2 runs, params to group by, report n=2."""
+    from pipelines import tracking
+    from pipelines.sweep.report import write_report
+    from pipelines.sweep.runner import plan_resources, run_sweep
+    from tests.conftest import experiment
+
+    base = experiment(demo_data, tmp_path, "unused", schedule={"steps": 6}, storage={"checkpoint_every": 5},
+                      scaling={"num_workers": 0, "cpus_per_worker": 0.25},
+                      probe={"epochs": 5, "batch_size": 64, "lr": 3e-3})
+    base.pop("name")
+    path = tmp_path / "seeded.yaml"
+    path.write_text(yaml.safe_dump({"name": "seeded", "experiment": base, "seeds": [0, 1],
+                                    "axes": {"target": {"norm_pixel": {"target.name": "norm_pixel"}}},
+                                    "resources": {"cpus_per_trial": 0.25}}))
+    spec, trials = load_sweep(path)
+    plan = plan_resources(spec, trials, 2.0)
+    assert [t.trial_id for t in plan.trials] == ["base", "base-s1"]
+    results, uri, parent = run_sweep(spec, plan)
+    assert not results.errors
+    c = tracking.client(uri)
+    kids = c.search_runs([c.get_run(parent).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    got = sorted((k.data.params["axis"], k.data.params["value"], k.data.params["seed"], k.data.tags["seed"]) for k in kids)
+    assert got == [("base", "base", "0", "0"), ("base", "base", "1", "1")]
+    rows, out = write_report(uri, "seeded", tmp_path / "report")
+    assert [(r.axis, r.value, r.n) for r in rows] == [("base", "base", 2), ("target", "norm_pixel", 2)]
+    assert all(r.stat("attentive_top1").lo is not None for r in rows)
+    assert "Welch" in (out / "report.md").read_text() and (out / "axis_target.png").stat().st_size > 0
