@@ -186,3 +186,17 @@ def test_seeded_sweep_end_to_end(ray_local, demo_data, tmp_path):
     assert [(r.axis, r.value, r.n) for r in rows] == [("base", "base", 2), ("target", "norm_pixel", 2)]
     assert all(r.stat("attentive_top1").lo is not None for r in rows)
     assert "Welch" in (out / "report.md").read_text() and (out / "axis_target.png").stat().st_size > 0
+
+
+def test_report_command_prints_rows_and_verdicts(tmp_path, monkeypatch):
+    """`aimctl report`'s console output (write_report faked with synthetic rows)."""
+    from pipelines import cli_sweep
+    from pipelines.sweep import report
+
+    rows = summarize_rows(_records({("order", "raster"): [72.0, 72.4], ("order", "random"): [65.0, 65.5]}))
+    monkeypatch.setattr(report, "write_report", lambda uri, name, out, exp=None: (rows, out))
+    monkeypatch.setattr(cli_sweep.console, "_width", 250)  # restored to None (auto) afterwards
+    with cli_sweep.console.capture() as cap:
+        cli_sweep.report("fake", out=tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", experiment=None)
+    text = cap.get()
+    assert "72.20 ± 0.28" in text and "reproduced" in text and "Welch" in text
