@@ -13,8 +13,8 @@ resources: {max_concurrent_trials: null, cpus_per_trial: 0.25}
 seeds: [0, 1, 2]                  # optional: every trial once per seed (default: the base's seed only)
 ```
 
-With `seeds`, the trial ids of the base experiment's own seed are today's ids; the other seeds' ids end in
-`-s<seed>` ("target=pixel-s1"), so adding seeds to a sweep keeps its existing runs.
+With `seeds`, the trials of the base experiment's own seed keep the ids (and run names) a sweep without
+`seeds` gives them; the other seeds' ids end in `-s<seed>` ("target=pixel-s1").
 """
 
 from __future__ import annotations
