@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["Summary", "Welch", "summarize", "t_quantile_975", "welch_test", "ALPHA"]
 
@@ -18,7 +19,8 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
-def _scipy_t():
+def _scipy_t() -> Any:
+    """scipy.stats.t, or None when scipy is not installed."""
     try:
         from scipy import stats
     except ImportError:
