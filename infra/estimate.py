@@ -6,7 +6,8 @@
 FLOPs come from the model itself (`AIM.flops_per_image()["train"]`, the number `aimctl model info --json`
 prints as train_flops_per_image: 3x the analytic forward, no activation recomputation). Time is
 FLOPs / (GPUs x peak x MFU). The trials come from experiments/ablations/paper.yaml when it exists (each
-trial's own model, so head/target variants are costed separately); otherwise an assumed number of
+trial's own model, so head/target variants are costed separately; a sweep with `seeds:` plans every trial
+once per seed, so the cost is multiplied by the number of seeds); otherwise an assumed number of
 AIM-0.6B trials. Probing is not counted (minutes per trial against days of pre-training).
 """
 
@@ -45,7 +46,8 @@ def train_flops_per_image(model_cfg) -> int:
 
 
 def _trials_from_sweep(path: Path) -> list[dict] | None:
-    """[{trial, preset, train_flops_per_image, sweep_steps, sweep_batch}] or None if the file is absent."""
+    """[{trial, seed, preset, train_flops_per_image, sweep_steps, sweep_batch}] or None if the file is absent.
+    A seeded sweep's trials are planned once per seed; runs of different seeds are never the same run."""
     if not path.exists():
         return None
     from pipelines.sweep.spec import load_sweep
@@ -62,7 +64,7 @@ def _trials_from_sweep(path: Path) -> list[dict] | None:
             seen[key]["same_as"].append(t.trial_id)
             by_id[t.trial_id] = seen[key]
             continue
-        row = {"trial": t.trial_id, "preset": cfg.model.preset,
+        row = {"trial": t.trial_id, "seed": t.seed, "preset": cfg.model.preset,
                "train_flops_per_image": train_flops_per_image(cfg.aim_config()),
                "sweep_steps": cfg.schedule.steps, "sweep_batch": cfg.optim.batch_size, "same_as": []}
         seen[key] = by_id[t.trial_id] = row
@@ -102,7 +104,10 @@ def estimate(a: argparse.Namespace) -> dict:
     else:
         trials = sweep
         dup = sum(len(t["same_as"]) for t in trials)
+        seeds = sorted({t["seed"] for t in trials})
         source = f"{a.sweep}: {len(trials)} distinct trials"
+        if len(seeds) > 1:
+            source += f" ({len(seeds)} seeds {seeds} x {len(trials) // len(seeds)} per seed)"
         if dup:
             notes.append(f"{dup} trial(s) resolve to the same run as another (listed under same_as) and are "
                          "counted once")

@@ -54,13 +54,15 @@ def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML, e.g. experime
 def _print_plan(spec, trials, plan) -> None:
     from rich.table import Table
 
-    t = Table(title=f"sweep {spec.name} ({spec.mode}): {len(plan.trials)} trial(s) to run, "
+    seeds = spec.seeds or [trials[0].seed]
+    t = Table(title=f"sweep {spec.name} ({spec.mode}): {len(plan.trials)} trial(s) to run "
+                    f"({len(seeds)} seed(s): {', '.join(map(str, seeds))}; {len(trials)} planned), "
                     f"{plan.max_concurrent} at a time on {plan.cluster_cpus:g} CPUs")
-    for col in ("trial", "axis", "value", "run name", "steps", "note"):
+    for col in ("trial", "axis", "value", "seed", "run name", "steps", "note"):
         t.add_column(col, overflow="fold")
     for tr in trials:
         note = f"same as {tr.duplicate_of}" if tr.duplicate_of else ""
-        t.add_row(tr.trial_id, tr.axis, tr.value, tr.config.name, str(tr.config.schedule.steps), note)
+        t.add_row(tr.trial_id, tr.axis, tr.value, str(tr.seed), tr.config.name, str(tr.config.schedule.steps), note)
     console.print(t)
     console.print(f"resources per trial: driver {plan.cpus_per_trial:g} CPU + {plan.workers_per_trial} worker(s) x "
                   f"{plan.cpus_per_worker:g} CPU; max_concurrent_trials={plan.max_concurrent}", highlight=False)
@@ -74,7 +76,8 @@ def report(sweep: str = typer.Argument(..., help="sweep name or the parent MLflo
     from rich.table import Table
 
     from pipelines import tracking
-    from pipelines.sweep.report import HEADER, table_rows, write_report
+    from pipelines.sweep.report import (HEADER, TEST_NOTE, VERDICT_HEADER, axis_verdicts, table_rows, verdict_rows,
+                                        write_report)
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     try:
@@ -87,5 +90,12 @@ def report(sweep: str = typer.Argument(..., help="sweep name or the parent MLflo
     for r in table_rows(rows):
         t.add_row(*r)
     console.print(t)
+    v = Table(title="does the paper's direction hold? (attentive top-1, Welch's t-test, two-sided, alpha 0.05)")
+    for h in VERDICT_HEADER:
+        v.add_column(h, overflow="fold")
+    for r in verdict_rows(axis_verdicts(rows)):
+        v.add_row(*r)
+    console.print(v)
+    console.print(TEST_NOTE, highlight=False)
     console.print(f"report: {where / 'report.html'} (and report.md, PNG charts)\n"
                   f"browse runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000", highlight=False)

@@ -52,11 +52,13 @@ def open_parent_run(spec: SweepSpec, trials: list[Trial]) -> tuple[str, str]:
     c = tracking.client(uri)
     run_id, _ = tracking.get_or_create_run(c, cfg.tracking.experiment, f"sweep:{spec.name}", spec.name,
                                            {"sweep": spec.name, "aim.kind": "sweep", "mode": spec.mode})
-    tracking.log_params(c, run_id, {"sweep.mode": spec.mode, "sweep.trials": len(trials),
-                                    "sweep.axes": ",".join(spec.axes)})
+    params = {"sweep.mode": spec.mode, "sweep.trials": len(trials), "sweep.axes": ",".join(spec.axes)}
+    if spec.seeds:
+        params["sweep.seeds"] = ",".join(str(x) for x in spec.seeds)
+    tracking.log_params(c, run_id, params)
     plan = {"sweep": spec.name, "mode": spec.mode, "trials": [
         {"trial_id": t.trial_id, "axis": t.axis, "value": t.value, "duplicate_of": t.duplicate_of,
-         "assignments": t.assignments,
+         "assignments": t.assignments, "seed": t.seed,
          "run_name": t.config.name, "overrides": t.overrides} for t in trials]}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "plan.json"
@@ -74,13 +76,23 @@ def _run_trial(trial: Trial, parent_run_id: str, selections: dict) -> dict:
     use_selections(selections)  # the sweep driver scanned the pool once for every trial
 
     tags = {"sweep": trial.config.tags.get("sweep", ""), "axis": trial.axis, "value": trial.value,
-            "trial": trial.trial_id}
+            "trial": trial.trial_id, "seed": str(trial.seed)}
     res = pretrain(trial.config, parent_run_id=parent_run_id, extra_tags=tags, show_progress=False)
+    _log_trial_params(trial, res.run_id)
     out = {"step": res.step, "run_id": res.run_id}
     if trial.config.probe.enabled:
         probes = probe_checkpoint(trial.config, None)
         out.update({"probe/attentive_top1": probes.attentive_top1, "probe/linear_top1": probes.linear_top1})
     return out
+
+
+def _log_trial_params(trial: Trial, run_id: str | None) -> None:
+    """`axis`, `value` and `seed` as params of the child run, so MLflow's chart view can group by them
+    (`seed` is already there from the config; logging params is idempotent)."""
+    if run_id is None or not trial.config.tracking.enabled:
+        return
+    c = tracking.client(tracking.resolve_tracking_uri(trial.config.tracking.uri))
+    tracking.log_params(c, run_id, {"axis": trial.axis, "value": trial.value, "seed": trial.seed})
 
 
 def _trainable(config: dict, trials: dict, parent_run_id: str, driver_resources: dict[str, float],

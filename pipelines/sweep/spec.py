@@ -10,7 +10,11 @@ axes:
     norm_pixel: {target.name: norm_pixel}
     pixel: {target.name: pixel}
 resources: {max_concurrent_trials: null, cpus_per_trial: 0.25}
+seeds: [0, 1, 2]                  # optional: every trial once per seed (default: the base's seed only)
 ```
+
+With `seeds`, the trials of the base experiment's own seed keep the ids (and run names) a sweep without
+`seeds` gives them; the other seeds' ids end in `-s<seed>` ("target=pixel-s1").
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.config import ConfigError, ExperimentConfig, apply_overrides, parse_experiment
 
-__all__ = ["SweepSpec", "Trial", "load_sweep", "plan_trials"]
+__all__ = ["SweepSpec", "Trial", "base_seed", "load_sweep", "plan_trials"]
 
 Overrides = dict[str, Any]
 
@@ -49,6 +53,14 @@ class SweepSpec(BaseModel):
     set: Overrides = Field(default_factory=dict)
     axes: dict[str, dict[str, Overrides]]
     resources: SweepResources = Field(default_factory=SweepResources)
+    seeds: list[int] | None = Field(None, description="run every trial once per seed (the experiment's `seed`)")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError("give a non-empty list of distinct integers")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -86,6 +98,7 @@ class Trial:
     config: ExperimentConfig
     overrides: list[str] = field(default_factory=list)
     duplicate_of: str | None = None  # one-at-a-time value identical to the base: reuses the base's results
+    seed: int = 0  # the experiment's top-level `seed` this trial runs with
 
     def fingerprint(self) -> str:
         """What the trial computes: the config without its name/tags, with the *resolved* model (so
@@ -108,31 +121,58 @@ def _base_data(spec: SweepSpec, source: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def _trial(spec: SweepSpec, source: Path, base: dict, assignments: dict[str, str], axis: str, value: str) -> Trial:
+def _seed_suffix(seed: int | None, base_seed: int) -> str:
+    """'' for the base experiment's own seed (today's ids), else '-s<seed>'."""
+    return "" if seed is None or seed == base_seed else f"-s{seed}"
+
+
+def _trial(spec: SweepSpec, source: Path, base: dict, assignments: dict[str, str], axis: str, value: str,
+           seed: int | None = None, base_seed: int = 0) -> Trial:
+    """One planned trial; `seed` None (a sweep without `seeds`) leaves the experiment's seed alone."""
     sets = _flat_sets(spec.set)
     for ax, val in assignments.items():
         sets += _flat_sets(spec.axes[ax][val])
-    tid = ",".join(f"{a}={v}" for a, v in assignments.items()) or "base"
+    if seed is not None:
+        sets.append(f"seed={seed}")
+    tid = (",".join(f"{a}={v}" for a, v in assignments.items()) or "base") + _seed_suffix(seed, base_seed)
     data = apply_overrides(json.loads(json.dumps(base)), sets)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", tid)
     digest = hashlib.sha1(tid.encode()).hexdigest()[:6]
     data["name"] = f"{spec.name}-{safe}-{digest}"[:120]
     data.setdefault("tags", {}).update({"sweep": spec.name, "axis": axis, "value": value, "trial": tid})
+    if seed is not None:
+        data["tags"]["seed"] = str(seed)
     cfg = parse_experiment(data, f"{source} (trial {tid})")
-    return Trial(tid, axis, value, assignments, cfg, sets)
+    return Trial(tid, axis, value, assignments, cfg, sets, seed=cfg.seed)
+
+
+def base_seed(spec: SweepSpec, base: dict) -> int:
+    """The seed the base experiment runs with (after the sweep's `set`)."""
+    data = apply_overrides(json.loads(json.dumps(base)), _flat_sets(spec.set))
+    return int(data.get("seed", ExperimentConfig.model_fields["seed"].default))
+
+
+def _plan_one_seed(spec: SweepSpec, source: Path, base: dict, seed: int | None, bseed: int) -> list[Trial]:
+    """Grid: the product of all axes. One-at-a-time: the base, then each axis value alone."""
+    if spec.mode == "grid":
+        names = list(spec.axes)
+        return [_trial(spec, source, base, dict(zip(names, combo)), "grid", ",".join(combo), seed, bseed)
+                for combo in itertools.product(*(list(spec.axes[a]) for a in names))]
+    trials = [_trial(spec, source, base, {}, "base", "base", seed, bseed)]
+    for axis, values in spec.axes.items():
+        for value in values:
+            trials.append(_trial(spec, source, base, {axis: value}, axis, value, seed, bseed))
+    return trials
 
 
 def plan_trials(spec: SweepSpec, source: Path) -> list[Trial]:
-    """Grid: the product of all axes. One-at-a-time: the base, then each axis value alone."""
+    """Every trial of the sweep, once per seed (seed-major order); duplicates are marked per seed (the
+    seed is part of what a trial computes, so a trial only ever duplicates one of its own seed)."""
     base = _base_data(spec, source)
-    if spec.mode == "grid":
-        names = list(spec.axes)
-        return _mark_duplicates([_trial(spec, source, base, dict(zip(names, combo)), "grid", ",".join(combo))
-                                 for combo in itertools.product(*(list(spec.axes[a]) for a in names))])
-    trials = [_trial(spec, source, base, {}, "base", "base")]
-    for axis, values in spec.axes.items():
-        for value in values:
-            trials.append(_trial(spec, source, base, {axis: value}, axis, value))
+    bseed = base_seed(spec, base)
+    trials: list[Trial] = []
+    for seed in spec.seeds or [None]:
+        trials += _plan_one_seed(spec, source, base, seed, bseed)
     return _mark_duplicates(trials)
 
 

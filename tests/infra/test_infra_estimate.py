@@ -61,3 +61,27 @@ def test_estimate_costs_each_trial_of_a_sweep_file(tmp_path, capsys):
     assert d["ablation_grid"]["trials"] == 3 and "grid.yaml" in d["assumptions"]["trials_source"]
     # aim-tiny's own img_size is 32: `tiny_again` resolves to the same run as `tiny` and is counted once
     assert [t["same_as"] for t in d["per_trial"] if t["preset"] == "aim-tiny"] == [["size=tiny_again"]]
+
+
+def test_estimate_multiplies_by_the_sweep_seeds(tmp_path, capsys):
+    """`seeds: [0, 1, 2]` plans (and costs) every distinct trial once per seed."""
+    import yaml
+
+    from infra import estimate
+
+    base = {"name": "est", "model": {"preset": "aim-test"},
+            "data": {"pool": {"uri": str(tmp_path / "pool")}, "curated": {"uri": str(tmp_path / "curated")}}}
+    spec = {"name": "seeded", "experiment": base, "mode": "one_at_a_time",
+            "axes": {"size": {"test": {"model.preset": "aim-test"}, "tiny": {"model.preset": "aim-tiny"}}}}
+    got = {}
+    for seeds in (None, [0, 1, 2]):
+        path = tmp_path / f"s{len(seeds or [])}.yaml"
+        path.write_text(yaml.safe_dump({**spec, **({"seeds": seeds} if seeds else {})}))
+        estimate.main(["--sweep", str(path), "--steps", "1000", "--batch-size", "256"])
+        got[bool(seeds)] = json.loads(capsys.readouterr().out)
+    one, three = got[False], got[True]
+    assert one["ablation_grid"]["trials"] == 2  # size=test is the base run again
+    assert three["ablation_grid"]["trials"] == 6
+    assert three["ablation_grid"]["train_flops"] == 3 * one["ablation_grid"]["train_flops"]
+    assert sorted(t["seed"] for t in three["per_trial"]) == [0, 0, 1, 1, 2, 2]
+    assert "3 seeds" in three["assumptions"]["trials_source"]
