@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         for i in range(a.repeats):
             for tag, step in (("early", a.early), ("late", a.late)):
                 runs[tag].append(_resume_once(tmp, demo, a, base, step, f"{tag}{i}"))
-    med = {k: statistics.median(r["to_first_step_s"] for r in v) for k, v in runs.items()}
+    med = {k: round(statistics.median(r["to_first_step_s"] for r in v), 2) for k, v in runs.items()}
     report = {"benchmark": "resume_cost", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "early_step": a.early, "late_step": a.late, "batch": a.batch, "workers": a.workers,
               "base_training_s": round(train_s, 1), "runs": runs,
