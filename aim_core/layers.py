@@ -33,12 +33,8 @@ def sincos_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
     return emb.float()
 
 
-# Set to False to send bf16/fp16 CPU attention through SDPA as well (benchmarks/model_step compares).
-EXPLICIT_LOWP_CPU_ATTENTION = True
-
-
-def _explicit_on_cpu(q: torch.Tensor) -> bool:
-    return EXPLICIT_LOWP_CPU_ATTENTION and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+def _lowp_on_cpu(q: torch.Tensor) -> bool:
+    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -55,13 +51,17 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention, bias-free projections; mask semantics: True = may attend."""
+    """Multi-head self-attention, bias-free projections; mask semantics: True = may attend.
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    `explicit_lowp_cpu`: bf16/fp16 on the CPU goes through `explicit_attention` (True, the default) or SDPA
+    like everything else (False; benchmarks/model_step compares the two). Not a weight: no state_dict entry."""
+
+    def __init__(self, dim: int, num_heads: int, explicit_lowp_cpu: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
+        self.explicit_lowp_cpu = explicit_lowp_cpu
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
 
@@ -69,7 +69,7 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, h, N, hd)
-        if (mask is None or isinstance(mask, torch.Tensor)) and _explicit_on_cpu(q):
+        if (mask is None or isinstance(mask, torch.Tensor)) and self.explicit_lowp_cpu and _lowp_on_cpu(q):
             out = explicit_attention(q, k, v, mask)
         elif mask is None or isinstance(mask, torch.Tensor):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -150,14 +150,19 @@ def make_step(fwd_loss: Callable, model: nn.Module, opt: torch.optim.Optimizer, 
     return step
 
 
-def with_sdpa(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """Run `step` with aim_core's explicit bf16 CPU attention switched off (SDPA everywhere)."""
+def with_sdpa(step: Callable[[], torch.Tensor], model: nn.Module) -> Callable[[], torch.Tensor]:
+    """Run `step` with the explicit bf16 CPU attention of `model`'s layers switched off (SDPA everywhere)."""
+    attns = [m for m in model.modules() if isinstance(m, layers.Attention)]
+
     def run_sdpa() -> torch.Tensor:
-        old, layers.EXPLICIT_LOWP_CPU_ATTENTION = layers.EXPLICIT_LOWP_CPU_ATTENTION, False
+        old = [m.explicit_lowp_cpu for m in attns]
+        for m in attns:
+            m.explicit_lowp_cpu = False
         try:
             return step()
         finally:
-            layers.EXPLICIT_LOWP_CPU_ATTENTION = old
+            for m, flag in zip(attns, old):
+                m.explicit_lowp_cpu = flag
     return run_sdpa
 
 
@@ -207,7 +212,7 @@ def run(a: argparse.Namespace) -> dict:
                 variants.append(Variant(name, dtype, mode, step))
             if dtype == "bf16" and mode == "eager" and a.ablate:
                 # AIM as it was before its bf16 CPU attention change: SDPA's flash kernel in every layer.
-                step = with_sdpa(make_step(aim_fwd_loss, aim, opts["aim"], images, samplers["aim"], True))
+                step = with_sdpa(make_step(aim_fwd_loss, aim, opts["aim"], images, samplers["aim"], True), aim)
                 variants.append(Variant("aim_sdpa", dtype, mode, step))
 
     for v in variants:  # warm-up (compilation happens here)

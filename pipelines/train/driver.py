@@ -16,7 +16,7 @@ from pipelines import tracking
 from pipelines.config import ExperimentConfig, flatten
 from pipelines.train.checkpoint import LOCAL_PREFIX, META_FILE, checkpoint_complete, read_state
 from pipelines.train.checkpoint import run_storage as _storage  # the driver's short name
-from pipelines.train.loop import LoopArgs, TrainingError, test_hooks_from_env, train_loop_per_worker
+from pipelines.train.loop import LoopArgs, LoopHooks, TrainingError, train_loop_per_worker
 
 __all__ = ["PretrainResult", "pretrain", "latest_checkpoint"]
 
@@ -229,8 +229,10 @@ def _plan(cfg: ExperimentConfig):
 
 def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run_id: str | None = None,
              extra_tags: dict[str, str] | None = None, show_progress: bool = True,
-             callbacks: list | None = None) -> PretrainResult:
-    """Run (or resume) pre-training for `cfg`. Rerunning the same config continues from the latest checkpoint."""
+             callbacks: list | None = None, hooks: LoopHooks | None = None) -> PretrainResult:
+    """Run (or resume) pre-training for `cfg`. Rerunning the same config continues from the latest checkpoint.
+
+    `hooks` (picklable; default: none) is handed to every worker's loop (see `LoopHooks`)."""
     import ray
 
     from pipelines.train.feed import check_resumable
@@ -247,12 +249,9 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     extra = {"epoch_samples": quality[1]}
     if cfg.scaling.num_workers == 0:  # in-process: the loop resumes and persists its checkpoints itself
         extra.update(local=True, resume_from=ckpt)
-    hooks = test_hooks_from_env()
-    if hooks:
-        extra["test_hooks"] = hooks
     args = LoopArgs(experiment=cfg.model_dump(mode="json"), run_id=run_id, tracking_uri=uri,
                     skip_log_until=logged, stop_after=stop_after, target_state=target_state, extra=extra,
-                    stream=ray.put(plan))
+                    stream=ray.put(plan), hooks=hooks or LoopHooks())
     stop = threading.Event()
     start = ("starting the data pipeline..." if cfg.scaling.num_workers == 0
              else f"starting {cfg.scaling.num_workers} training worker(s)...")

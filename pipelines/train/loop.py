@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,20 +18,24 @@ from pipelines.train.feed import open_feed
 from pipelines.train.optim import build_optimizer, build_scheduler
 from pipelines.train.state_io import restore, restore_checkpoint, use_sharded, write_checkpoint
 
-__all__ = ["LoopArgs", "train_loop_per_worker", "TrainingError", "NonFiniteLoss", "test_hooks_from_env"]
+__all__ = ["LoopArgs", "LoopHooks", "train_loop_per_worker", "TrainingError", "NonFiniteLoss"]
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
 
-# Fault-injection hooks for tests/reliability ONLY. Read from the driver's environment by `pretrain` and
-# handed to the workers in `LoopArgs.extra["test_hooks"]`; never set them in real runs.
-#   AIM_TEST_WORKER_PID_FILE=PATH  rank 0 appends "PID STEP" to PATH each time it (re)starts
-#   AIM_TEST_NAN_AT_STEP=N         the loss of step N (1-based) is multiplied by NaN before backward
-TEST_HOOK_ENV = {"AIM_TEST_WORKER_PID_FILE": ("pid_file", str), "AIM_TEST_NAN_AT_STEP": ("nan_at_step", int)}
 
+class LoopHooks:
+    """Points where a caller can watch or alter the loop (the reliability tests inject faults with a subclass).
 
-def test_hooks_from_env(env: dict | None = None) -> dict:
-    env = os.environ if env is None else env
-    return {key: cast(env[var]) for var, (key, cast) in TEST_HOOK_ENV.items() if env.get(var)}
+    The defaults do nothing. An instance travels to every worker inside `LoopArgs`, so a subclass must be
+    picklable: defined at the top level of a module the workers can import, or of one registered with
+    `ray.cloudpickle.register_pickle_by_value` (as tests/reliability/fault_hooks.py is)."""
+
+    def on_start(self, rank: int, step: int) -> None:
+        """Called on every rank each time the loop (re)starts, with the step it resumes from (0: fresh)."""
+
+    def transform_loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
+        """The loss of `step` (1-based) as it goes into backward; returns it unchanged."""
+        return loss
 
 
 class TrainingError(RuntimeError):
@@ -53,6 +56,7 @@ class LoopArgs:
     target_state: bytes | None = None  # serialized fitted kmeans codebook / dVAE (see target_fit)
     extra: dict = field(default_factory=dict)
     stream: object = None  # the run's StreamPlan (pipelines.data.pipeline), or an object ref to it
+    hooks: LoopHooks = field(default_factory=LoopHooks)
 
 
 def _peak_flops(device: torch.device) -> float | None:
@@ -118,10 +122,7 @@ def train_loop_per_worker(raw_args: dict) -> None:
         with ckpt.as_directory() as d:
             state = restore_checkpoint(d, model, optimizer, scheduler, strategy)  # full or sharded
     scheduler.step_update(state.step)
-    hooks = args.extra.get("test_hooks", {})
-    if rank == 0 and hooks.get("pid_file"):
-        with open(hooks["pid_file"], "a") as f:
-            f.write(f"{os.getpid()} {state.step}\n")
+    args.hooks.on_start(rank, state.step)
     feed = open_feed(cfg, _plan(args.stream), state.data, state.step, rank, world, device)
     _run(cfg, args, model, forward, optimizer, scheduler, feed, state, device, strategy, rank, world)
 
@@ -138,7 +139,6 @@ def _run(cfg, args, model, forward, optimizer, scheduler, feed, state, device, s
     flops = model.flops_per_image()["train"]
     peak = _peak_flops(device)
     last_ckpt = state.step  # the checkpoint this attempt started from (0: none)
-    nan_at = args.extra.get("test_hooks", {}).get("nan_at_step")
     loss_sum = torch.zeros((), device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)
     first_bad = torch.zeros((), dtype=torch.int64, device=device)  # first step with a non-finite loss here
@@ -150,7 +150,7 @@ def _run(cfg, args, model, forward, optimizer, scheduler, feed, state, device, s
         with parallel.autocast(bf16, device):
             preds = forward(images, prefix_len)
         out = model.loss_from_predictions(images, preds, prefix_len)
-        loss_t = out.loss * float("nan") if nan_at == state.step + 1 else out.loss  # test hook only
+        loss_t = args.hooks.transform_loss(state.step + 1, out.loss)
         optimizer.zero_grad(set_to_none=True)
         loss_t.backward()
         clip = cfg.optim.clip_grad or float("inf")

@@ -78,6 +78,24 @@ def test_whole_model_matches_explicit_attention(monkeypatch, attention, prefix_l
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("explicit", [True, False])
+def test_bf16_cpu_attention_path_is_chosen_per_module(monkeypatch, explicit):
+    """bf16 on the CPU: `explicit_attention` by default, SDPA with `explicit_lowp_cpu=False`; same result
+    to bf16 rounding either way. The switch is an argument of the module, not a global."""
+    torch.manual_seed(0)
+    attn = Attention(32, 4, explicit_lowp_cpu=explicit).to(torch.bfloat16)
+    x = torch.randn(2, 9, 32, dtype=torch.bfloat16)
+    mask = hand_mask("prefix", 9, [2, 5])
+    calls = []
+    sdpa = layers.F.scaled_dot_product_attention
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
+    with torch.no_grad():
+        out = attn(x, mask)
+        ref = reference_attention(attn.float(), x.float(), mask)
+    assert calls == ([] if explicit else [1])
+    torch.testing.assert_close(out.float(), ref, rtol=0, atol=0.05)
+
+
 def test_attention_rejects_bad_heads():
     with pytest.raises(ValueError):
         Attention(30, 4)

@@ -1,5 +1,5 @@
 """Helpers for tests/reliability: the CLI as a real subprocess, process-session cleanup, a restartable moto S3
-endpoint with real authentication, and scanning files for a secret."""
+endpoint with real authentication, scanning files for a secret, and loop hooks (fault_hooks.py) for a CLI call."""
 
 from __future__ import annotations
 
@@ -17,8 +17,25 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.train.loop import LoopHooks
+
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
+
+
+@contextlib.contextmanager
+def cli_pretrain_hooks(hooks: LoopHooks):
+    """For a block, in this process only: `pipelines.train.driver.pretrain` called with `hooks`, so a test that
+    goes through `aimctl pretrain` (typer's runner) injects them. The CLI looks `pretrain` up at each call."""
+    import functools
+
+    import pytest
+
+    from pipelines.train import driver
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(driver, "pretrain", functools.partial(driver.pretrain, hooks=hooks))
+        yield
 
 
 def free_port() -> int:
@@ -28,8 +45,8 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without credentials, Ray/MLflow addresses or test hooks; quiet, local-only."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_", "AIM_TEST_"))}
+    """The caller's environment without credentials or Ray/MLflow addresses; quiet, local-only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true",
                PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     env.update(extra)

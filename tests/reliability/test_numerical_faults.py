@@ -1,10 +1,10 @@
 """Numerical faults: a NaN loss stops the run with one clear line (the step, the last good checkpoint) and no
 checkpoint is written after it, even when checkpoint_every is not a multiple of log_every.
 
-The NaN is injected with the loop's documented test hook AIM_TEST_NAN_AT_STEP (pipelines/train/loop.py): the
-loss of that step is multiplied by NaN before backward, so the gradients and the weights after the update
-are NaN too, exactly what a diverging run produces. The run goes through the real `aimctl pretrain` code
-(typer's runner, in this process, on the session's local Ray)."""
+The NaN is injected with a loop hook (`fault_hooks.NanAtStep`, a `pipelines.train.loop.LoopHooks`): the loss of
+that step is multiplied by NaN before backward, so the gradients and the weights after the update are NaN too,
+exactly what a diverging run produces. The run goes through the real `aimctl pretrain` code (typer's runner, in
+this process, on the session's local Ray); `cli_pretrain_hooks` hands the hook to `pretrain` for that call."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from reliability_helpers import checkpoint_steps
+from fault_hooks import NanAtStep
+from reliability_helpers import checkpoint_steps, cli_pretrain_hooks
 
 from pipelines import tracking
 from tests.conftest import experiment
@@ -34,7 +35,8 @@ def nan_run(ray_local, demo_data, tmp_path_factory):
                      storage={"checkpoint_every": CKPT_EVERY, "keep": 5}, tracking={"log_every": LOG_EVERY})
     path = tmp / "nan.yaml"
     path.write_text(yaml.safe_dump(exp))
-    result = CliRunner().invoke(app, ["pretrain", str(path)], env={"AIM_TEST_NAN_AT_STEP": str(NAN_AT)})
+    with cli_pretrain_hooks(NanAtStep(NAN_AT)):
+        result = CliRunner().invoke(app, ["pretrain", str(path)])
     return exp, result, Path(exp["storage"]["path"]) / "nan-run"
 
 

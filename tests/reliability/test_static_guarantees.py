@@ -1,7 +1,7 @@
 """Guarantees checked without a training run: checkpoint loading is weights_only everywhere, the servers the
 project starts bind 127.0.0.1 by default, storage filesystems keep their retry window through pickling and
-never write credentials, half-written checkpoints are never picked, and wrapped errors reach the user as
-one line. (The live halves: test_driver_failure_and_secrets.py, test_storage_faults.py.)"""
+never write credentials, half-written checkpoints are never picked, wrapped errors reach the user as
+one line, and production code names no test switch. (The live halves: test_driver_failure_and_secrets.py, test_storage_faults.py.)"""
 
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ def test_every_torch_load_is_weights_only():
     bad = [f"{p.relative_to(ROOT)}:{c.lineno}" for p, c in loads
            if not (isinstance(_kw(c, "weights_only"), ast.Constant) and _kw(c, "weights_only").value is True)]
     assert bad == [], f"torch.load without weights_only=True: {bad}"
+
+
+def test_production_code_reads_no_test_switches():
+    """Faults are injected with `LoopHooks` passed in by the tests; nothing outside tests/ names a test switch."""
+    needles = ("AIM_TEST_", "AIM_UPDATE_GOLDEN", "test_hooks")
+    hits = [f"{p.relative_to(ROOT)}: {n}" for p in _tracked("pipelines/*.py", "aim_core/*.py", "benchmarks/*.py")
+            for n in needles if n in p.read_text()]
+    assert not hits, hits
 
 
 def test_local_servers_bind_loopback_by_default():

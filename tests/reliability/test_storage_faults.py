@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from reliability_helpers import aws_env, checkpoint_steps, moto_s3, wait_for
+from fault_hooks import PidFileHooks
+from reliability_helpers import aws_env, checkpoint_steps, cli_pretrain_hooks, moto_s3, wait_for
 
 from pipelines import tracking
 from tests.conftest import experiment
@@ -68,7 +69,8 @@ def outage_run(ray_local, tmp_path_factory):
         thread = threading.Thread(target=chaos, daemon=True)
         thread.start()
         t0 = time.time()
-        result = CliRunner().invoke(app, ["pretrain", str(path)], env={"AIM_TEST_WORKER_PID_FILE": str(pid_file)})
+        with cli_pretrain_hooks(PidFileHooks(str(pid_file))):  # the file appears when the worker starts
+            result = CliRunner().invoke(app, ["pretrain", str(path)])
         events["ended"] = time.time() - t0
         thread.join(timeout=30)
         yield exp, result, run_dir, events, s3

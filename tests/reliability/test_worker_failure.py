@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_hooks import PidFileHooks
 from reliability_helpers import checkpoint_steps, wait_for
 
 from pipelines import tracking
@@ -53,7 +54,7 @@ def _registered(run_dir: Path) -> int:
 
 
 def _pids(path: Path) -> list[tuple[int, int]]:
-    """(pid, step it started at) for every start of rank 0, from the AIM_TEST_WORKER_PID_FILE hook."""
+    """(pid, step it started at) for every start of rank 0, written by the PidFileHooks loop hook."""
     if not path.is_file():
         return []
     return [tuple(map(int, line.split())) for line in path.read_text().splitlines() if line.strip()]
@@ -82,13 +83,11 @@ def runs(ray_local, demo_data, tmp_path_factory):
         except BaseException as e:  # noqa: BLE001 - reported by the tests
             kill["error"] = e
 
-    os.environ["AIM_TEST_WORKER_PID_FILE"] = str(pid_file)
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        result = pretrain(killed, show_progress=False)
+        result = pretrain(killed, show_progress=False, hooks=PidFileHooks(str(pid_file)))
     finally:
-        os.environ.pop("AIM_TEST_WORKER_PID_FILE", None)
         thread.join(timeout=5)
     return straight, killed, result, kill, _pids(pid_file), run_dir
 
