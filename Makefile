@@ -27,6 +27,8 @@ demo: venv
 	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/demo/mlflow.db --host 127.0.0.1 --port 5000"
 
 test: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
 clean:
