@@ -22,13 +22,16 @@ class DVAE(nn.Module):
         super().__init__()
         self.patch_size, self.vocab_size, self.hidden = patch_size, vocab_size, hidden
         self.encoder = nn.Sequential(
-            nn.Conv2d(channels, hidden, patch_size, stride=patch_size), nn.GELU(),
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(),
+            nn.Conv2d(channels, hidden, patch_size, stride=patch_size),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
             nn.Conv2d(hidden, vocab_size, 1),
         )
         self.codebook = nn.Conv2d(vocab_size, hidden, 1, bias=False)  # one-hot (soft) -> embedding
         self.decoder = nn.Sequential(
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
             nn.ConvTranspose2d(hidden, channels, patch_size, stride=patch_size),
         )
 
@@ -51,8 +54,16 @@ class DVAE(nn.Module):
         return recon, logits
 
 
-def train_dvae(batches: Iterable[torch.Tensor], patch_size: int, vocab_size: int = 512, hidden: int = 128,
-               steps: int = 500, lr: float = 1e-3, kl_weight: float = 1e-3, seed: int = 0) -> DVAE:
+def train_dvae(
+    batches: Iterable[torch.Tensor],
+    patch_size: int,
+    vocab_size: int = 512,
+    hidden: int = 128,
+    steps: int = 500,
+    lr: float = 1e-3,
+    kl_weight: float = 1e-3,
+    seed: int = 0,
+) -> DVAE:
     """Train a DVAE on (B, 3, H, W) normalised image batches (cycled until `steps`). Returns it in eval mode."""
     torch.manual_seed(seed)
     model = DVAE(patch_size, vocab_size, hidden)

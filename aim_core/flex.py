@@ -42,8 +42,10 @@ def prefix_block_mask(prefix_len: torch.Tensor | None, num_patches: int, batch: 
     from torch.nn.attention.flex_attention import create_block_mask
 
     if prefix_len is None:
+
         def mask_mod(b, h, q_idx, kv_idx):
             return kv_idx <= q_idx
+
         return create_block_mask(mask_mod, None, None, num_patches, num_patches, device=device)
 
     s = prefix_len.to(device)

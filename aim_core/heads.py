@@ -42,8 +42,17 @@ class MLPHeadBlock(nn.Module):
 class DeepHead(nn.Module):
     """Linear(d -> W), + sin-cos positions (in sequence order), N blocks, LayerNorm, Linear(W -> out)."""
 
-    def __init__(self, dim: int, out_dim: int, width: int, depth: int, mlp_ratio: float,
-                 grid: tuple[int, int], num_heads: int | None, norm_eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        width: int,
+        depth: int,
+        mlp_ratio: float,
+        grid: tuple[int, int],
+        num_heads: int | None,
+        norm_eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.proj_in = nn.Linear(dim, width, bias=False)
         self.register_buffer("pos_embed", sincos_2d(width, grid), persistent=False)
@@ -61,8 +70,17 @@ class DeepHead(nn.Module):
         return self.out(self.norm(x))
 
 
-def build_head(kind: str, dim: int, out_dim: int, width: int, depth: int, mlp_ratio: float,
-               grid: tuple[int, int], num_heads: int, norm_eps: float = 1e-6) -> nn.Module:
+def build_head(
+    kind: str,
+    dim: int,
+    out_dim: int,
+    width: int,
+    depth: int,
+    mlp_ratio: float,
+    grid: tuple[int, int],
+    num_heads: int,
+    norm_eps: float = 1e-6,
+) -> nn.Module:
     """The prediction head `kind`; `norm_eps` is the eps of its LayerNorms (`AIMConfig.norm_eps`)."""
     if kind == "none":
         return LinearHead(dim, out_dim)

@@ -120,5 +120,3 @@ def attention_flops(num_tokens: int, dim: int) -> int:
 
 def linear_flops(num_tokens: int, fan_in: int, fan_out: int) -> int:
     return 2 * num_tokens * fan_in * fan_out
-
-

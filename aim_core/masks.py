@@ -9,8 +9,9 @@ __all__ = ["ATTENTION_MODES", "sample_prefix_len", "may_attend", "loss_positions
 ATTENTION_MODES = ("causal", "prefix", "bidirectional")
 
 
-def sample_prefix_len(batch: int, num_patches: int, generator: torch.Generator | None = None,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_prefix_len(
+    batch: int, num_patches: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Per-image prefix length S ~ U{1, ..., K-1} (AIM's prefix attention). Returns (B,) long."""
     if num_patches < 2:
         raise ValueError("prefix attention needs at least 2 patches")
@@ -20,8 +21,13 @@ def sample_prefix_len(batch: int, num_patches: int, generator: torch.Generator |
     return s.to(device)
 
 
-def may_attend(mode: str, num_patches: int, batch: int = 1, prefix_len: torch.Tensor | None = None,
-               device: torch.device | str = "cpu") -> torch.Tensor | None:
+def may_attend(
+    mode: str,
+    num_patches: int,
+    batch: int = 1,
+    prefix_len: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor | None:
     """Boolean mask (B, 1, K, K) for SDPA, or None for bidirectional attention.
 
     causal: k <= q.  prefix (with prefix_len S): k < S[b] or k <= q; prefix_len=None means causal.
@@ -38,8 +44,9 @@ def may_attend(mode: str, num_patches: int, batch: int = 1, prefix_len: torch.Te
     return causal[None, None] | in_prefix[:, None, None, :]
 
 
-def loss_positions(num_patches: int, batch: int, prefix_len: torch.Tensor | None = None,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
+def loss_positions(
+    num_patches: int, batch: int, prefix_len: torch.Tensor | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """(B, K-1) bool: which predictions count in the loss.
 
     Prediction i (output at position i) is for patch i+1. With a prefix S, only targets outside the prefix

@@ -27,23 +27,49 @@ import torch
 
 from aim_core.presets import PRESETS, AIMConfig
 
-__all__ = ["to_ml_aim_key", "from_ml_aim_key", "trunk_to_ml_aim", "trunk_from_ml_aim", "probe_to_ml_aim",
-           "probe_from_ml_aim", "weight_shape", "infer_preset", "check_preset", "is_trunk_key", "config_fields",
-           "probe_key_to_ml_aim"]
+__all__ = [
+    "to_ml_aim_key",
+    "from_ml_aim_key",
+    "trunk_to_ml_aim",
+    "trunk_from_ml_aim",
+    "probe_to_ml_aim",
+    "probe_from_ml_aim",
+    "weight_shape",
+    "infer_preset",
+    "check_preset",
+    "is_trunk_key",
+    "config_fields",
+    "probe_key_to_ml_aim",
+]
 
 # (ours, Apple's) name prefixes; block keys are handled by _BLOCK below.
-_PREFIXES = (("preprocessor.patch_embed.", "preprocessor.patchifier.proj."),
-             ("preprocessor.norm.", "preprocessor.patchifier.norm."),
-             ("norm.", "trunk.post_trunk_norm."))
+_PREFIXES = (
+    ("preprocessor.patch_embed.", "preprocessor.patchifier.proj."),
+    ("preprocessor.norm.", "preprocessor.patchifier.norm."),
+    ("norm.", "trunk.post_trunk_norm."),
+)
 # (ours, Apple's) module names inside a block
-_BLOCK_PARTS = (("norm1", "norm_1"), ("norm2", "norm_2"), ("attn.qkv", "attn.qkv"), ("attn.proj", "attn.proj"),
-                ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2"))
+_BLOCK_PARTS = (
+    ("norm1", "norm_1"),
+    ("norm2", "norm_2"),
+    ("attn.qkv", "attn.qkv"),
+    ("attn.proj", "attn.proj"),
+    ("mlp.fc1", "mlp.fc1"),
+    ("mlp.fc2", "mlp.fc2"),
+)
 _OURS_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$")
 _APPLE_BLOCK = re.compile(r"^trunk\.blocks\.(\d+)\.(.+)\.(weight|bias)$")
 # (ours, Apple's) AttentiveProbe <-> AttentionPoolingClassifier, under "head." on Apple's side
-_PROBE = (("query", "cls_token"), ("k.weight", "k.weight"), ("v.weight", "v.weight"),
-          ("linear.weight", "linear.weight"), ("linear.bias", "linear.bias"), ("bn.running_mean", "bn.running_mean"),
-          ("bn.running_var", "bn.running_var"), ("bn.num_batches_tracked", "bn.num_batches_tracked"))
+_PROBE = (
+    ("query", "cls_token"),
+    ("k.weight", "k.weight"),
+    ("v.weight", "v.weight"),
+    ("linear.weight", "linear.weight"),
+    ("linear.bias", "linear.bias"),
+    ("bn.running_mean", "bn.running_mean"),
+    ("bn.running_var", "bn.running_var"),
+    ("bn.num_batches_tracked", "bn.num_batches_tracked"),
+)
 
 
 def _rename(key: str, pairs, block: re.Pattern, block_prefix: str, src: int) -> str | None:
@@ -54,7 +80,7 @@ def _rename(key: str, pairs, block: re.Pattern, block_prefix: str, src: int) -> 
         return None if part is None else f"{block_prefix}{m.group(1)}.{part}.{m.group(3)}"
     for pair in pairs:
         if key.startswith(pair[src]):
-            return pair[1 - src] + key[len(pair[src]):]
+            return pair[1 - src] + key[len(pair[src]) :]
     return None
 
 
@@ -120,7 +146,7 @@ def probe_from_ml_aim(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
     ValueError for a head with several queries (ours has one, as every published head)."""
     names = {apple: ours for ours, apple in _PROBE}
-    head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    head = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
     if not head:
         return None
     unknown = sorted(set(head) - set(names))
@@ -149,8 +175,7 @@ def weight_shape(trunk: dict[str, torch.Tensor]) -> dict[str, float]:
     if fc1 is None:
         raise ValueError("trunk.blocks.0.mlp.fc1.weight: missing")
     width = int(proj.shape[0])
-    return {"width": width, "depth": len(blocks), "patch_size": int(proj.shape[2]),
-            "mlp_ratio": fc1.shape[0] / width}
+    return {"width": width, "depth": len(blocks), "patch_size": int(proj.shape[2]), "mlp_ratio": fc1.shape[0] / width}
 
 
 def _differences(shape: dict[str, float], cfg: AIMConfig) -> list[str]:
@@ -178,8 +203,10 @@ def infer_preset(shape: dict[str, float]) -> str:
     if fits:
         raise ValueError(f"weights ({dims}) fit several presets ({', '.join(fits)}); choose one with --preset")
     nearest = min(PRESETS, key=lambda name: len(_differences(shape, PRESETS[name])))
-    raise ValueError(f"no preset in aim_core.PRESETS fits these weights ({dims}); nearest {nearest} has "
-                     f"{'; '.join(_differences(shape, PRESETS[nearest]))}")
+    raise ValueError(
+        f"no preset in aim_core.PRESETS fits these weights ({dims}); nearest {nearest} has "
+        f"{'; '.join(_differences(shape, PRESETS[nearest]))}"
+    )
 
 
 def config_fields(cfg: AIMConfig) -> dict:

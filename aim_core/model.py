@@ -50,12 +50,22 @@ class AIM(nn.Module):
         super().__init__()
         self.config = cfg
         self.preprocessor = Preprocessor(cfg)
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps)
-                                    for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth)
+        )
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.target = build_target(cfg.target, cfg.patch_size, cfg.num_clusters, cfg.dvae_vocab, cfg.norm_pix_eps)
-        self.head = build_head(cfg.head, cfg.width, self.target.out_dim, cfg.head_width, cfg.head_depth,
-                               cfg.head_mlp_ratio, cfg.grid, cfg.head_num_heads, cfg.norm_eps)
+        self.head = build_head(
+            cfg.head,
+            cfg.width,
+            self.target.out_dim,
+            cfg.head_width,
+            cfg.head_depth,
+            cfg.head_mlp_ratio,
+            cfg.grid,
+            cfg.head_num_heads,
+            cfg.norm_eps,
+        )
         order = make_order(cfg.order, cfg.grid, cfg.order_seed)
         self.register_buffer("perm", order.perm, persistent=False)
         self.register_buffer("inverse", order.inverse, persistent=False)
@@ -112,8 +122,9 @@ class AIM(nn.Module):
         """Next-patch loss; in prefix mode only targets outside the prefix count."""
         return self.loss_from_predictions(images, self(images, prefix_len), prefix_len)
 
-    def loss_from_predictions(self, images: torch.Tensor, predictions: torch.Tensor,
-                              prefix_len: torch.Tensor | None = None) -> LossOutput:
+    def loss_from_predictions(
+        self, images: torch.Tensor, predictions: torch.Tensor, prefix_len: torch.Tensor | None = None
+    ) -> LossOutput:
         """The loss for `predictions = model(images, prefix_len)` (lets a DDP/FSDP wrapper run the forward)."""
         pred = predictions[:, :-1]  # (B, K-1, D)
         target = self.to_sequence(self.target.make(images))[:, 1:]  # raster -> sequence, shifted by one
@@ -154,7 +165,7 @@ class AIM(nn.Module):
         """Analytic forward FLOPs (2 per multiply-add, full attention matrix) and training (3x forward)."""
         c = self.config
         k, d = c.num_patches, c.width
-        trunk = linear_flops(k, c.patch_size ** 2 * 3, d)
+        trunk = linear_flops(k, c.patch_size**2 * 3, d)
         per_block = linear_flops(k, d, 3 * d) + linear_flops(k, d, d) + attention_flops(k, d)
         per_block += 2 * linear_flops(k, d, int(d * c.mlp_ratio))
         trunk += c.depth * per_block

@@ -44,22 +44,36 @@ class AIMConfig:
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    def validate(self) -> "AIMConfig":
+    def validate(self) -> AIMConfig:
         checks = [
-            (self.img_size % self.patch_size == 0, "img_size", f"{self.img_size} is not divisible by patch_size {self.patch_size}"),
+            (
+                self.img_size % self.patch_size == 0,
+                "img_size",
+                f"{self.img_size} is not divisible by patch_size {self.patch_size}",
+            ),
             (self.width % self.num_heads == 0, "num_heads", f"{self.num_heads} does not divide width {self.width}"),
             (self.width % 4 == 0, "width", "must be divisible by 4 (2D sin-cos embedding)"),
             (self.depth >= 1, "depth", "must be >= 1"),
             (self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}"),
             (self.head in ("none", "mlp", "transformer"), "head", f"unknown head {self.head!r}"),
             (self.head == "none" or self.head_width % 4 == 0, "head_width", "must be divisible by 4"),
-            (self.head != "transformer" or self.head_width % self.head_num_heads == 0, "head_num_heads",
-             f"{self.head_num_heads} does not divide head_width {self.head_width}"),
+            (
+                self.head != "transformer" or self.head_width % self.head_num_heads == 0,
+                "head_num_heads",
+                f"{self.head_num_heads} does not divide head_width {self.head_width}",
+            ),
             (self.target in ("pixel", "norm_pixel", "kmeans", "dvae"), "target", f"unknown target {self.target!r}"),
             (self.order in ("raster", "spiral", "checkerboard", "random"), "order", f"unknown order {self.order!r}"),
-            (self.attention in ("causal", "prefix", "bidirectional"), "attention",
-             f"unknown attention mode {self.attention!r}"),
-            (self.attn_impl in ("auto", "sdpa", "flex"), "attn_impl", f"unknown attention implementation {self.attn_impl!r}"),
+            (
+                self.attention in ("causal", "prefix", "bidirectional"),
+                "attention",
+                f"unknown attention mode {self.attention!r}",
+            ),
+            (
+                self.attn_impl in ("auto", "sdpa", "flex"),
+                "attn_impl",
+                f"unknown attention implementation {self.attn_impl!r}",
+            ),
             (self.attention != "prefix" or self.num_patches >= 2, "attention", "prefix needs at least 2 patches"),
         ]
         for ok, field, msg in checks:
@@ -77,12 +91,33 @@ PRESETS: dict[str, AIMConfig] = {
     "aim-3b": AIMConfig(width=3072, depth=24, num_heads=24, **_PAPER_HEAD),
     "aim-7b": AIMConfig(width=4096, depth=32, num_heads=32, **_PAPER_HEAD),
     # Small presets for CPU work: 32 px images (CIFAR-10), patch 4 -> 64 patches.
-    "aim-test": AIMConfig(img_size=16, patch_size=4, width=32, depth=2, num_heads=2,
-                          head_width=32, head_depth=1, head_num_heads=2, num_clusters=16, dvae_vocab=16),
-    "aim-tiny": AIMConfig(img_size=32, patch_size=4, width=192, depth=6, num_heads=3,
-                          head_width=256, head_depth=2, head_num_heads=4, num_clusters=256, dvae_vocab=256),
-    "aim-small": AIMConfig(img_size=32, patch_size=4, width=384, depth=12, num_heads=6,
-                           head_width=512, head_depth=4, head_num_heads=8),
+    "aim-test": AIMConfig(
+        img_size=16,
+        patch_size=4,
+        width=32,
+        depth=2,
+        num_heads=2,
+        head_width=32,
+        head_depth=1,
+        head_num_heads=2,
+        num_clusters=16,
+        dvae_vocab=16,
+    ),
+    "aim-tiny": AIMConfig(
+        img_size=32,
+        patch_size=4,
+        width=192,
+        depth=6,
+        num_heads=3,
+        head_width=256,
+        head_depth=2,
+        head_num_heads=4,
+        num_clusters=256,
+        dvae_vocab=256,
+    ),
+    "aim-small": AIMConfig(
+        img_size=32, patch_size=4, width=384, depth=12, num_heads=6, head_width=512, head_depth=4, head_num_heads=8
+    ),
 }
 
 

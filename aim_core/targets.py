@@ -110,14 +110,15 @@ class DVAETarget(_ClassTarget):
             raise RuntimeError("dvae target has no tokenizer: train one (aim_core.train_dvae) and call set_tokenizer")
         return self.tokenizer.eval().encode(images.float())
 
-    def train(self, mode: bool = True) -> "DVAETarget":
+    def train(self, mode: bool = True) -> DVAETarget:
         super().train(mode)
         self.tokenizer.eval()  # the tokenizer is frozen
         return self
 
 
-def build_target(name: str, patch_size: int, num_clusters: int = 512, dvae_vocab: int = 512,
-                 norm_pix_eps: float = 1e-6) -> Target:
+def build_target(
+    name: str, patch_size: int, num_clusters: int = 512, dvae_vocab: int = 512, norm_pix_eps: float = 1e-6
+) -> Target:
     if name == "pixel":
         return PixelTarget(patch_size, normalize=False)
     if name == "norm_pixel":

@@ -50,11 +50,13 @@ def _upscaled_source(n: int, size: int, out: Path) -> Path:
     for data in table["image"].to_pylist():
         buf = io.BytesIO()
         Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.Resampling.BICUBIC).save(
-            buf, format="JPEG", quality=90)
+            buf, format="JPEG", quality=90
+        )
         images.append(buf.getvalue())
     out.mkdir(parents=True)
-    pq.write_table(pa.table({"image": pa.array(images, pa.binary()), "label": table["label"]}),
-                   out / "src_train-00000.parquet")
+    pq.write_table(
+        pa.table({"image": pa.array(images, pa.binary()), "label": table["label"]}), out / "src_train-00000.parquet"
+    )
     return out
 
 
@@ -115,7 +117,7 @@ class _TarImages(torch.utils.data.IterableDataset):
         from pipelines.data.formats import iter_wds
 
         info = torch.utils.data.get_worker_info()
-        mine = self.tars[info.id::info.num_workers] if info else self.tars
+        mine = self.tars[info.id :: info.num_workers] if info else self.tars
         fs = pafs.LocalFileSystem()
         for i, tar in enumerate(mine):
             for j, (_, files) in enumerate(iter_wds(fs, tar, exts={"jpg"})):
@@ -125,11 +127,20 @@ class _TarImages(torch.utils.data.IterableDataset):
 def _config(pool: str, args):
     from pipelines.data.config import DataConfig
 
-    return DataConfig.model_validate({
-        "pool": {"uri": pool, "top_fraction": 1.0}, "curated": {"uri": str(CIFAR)},
-        "mix": {"pool_probability": 1.0},
-        "decode": {"concurrency": args.workers, "num_cpus": 1, "batch_size": args.batch, "compute": args.compute,
-                   **({"block_rows": args.block_rows} if args.block_rows else {})}})
+    return DataConfig.model_validate(
+        {
+            "pool": {"uri": pool, "top_fraction": 1.0},
+            "curated": {"uri": str(CIFAR)},
+            "mix": {"pool_probability": 1.0},
+            "decode": {
+                "concurrency": args.workers,
+                "num_cpus": 1,
+                "batch_size": args.batch,
+                "compute": args.compute,
+                **({"block_rows": args.block_rows} if args.block_rows else {}),
+            },
+        }
+    )
 
 
 def _summary(runs: list[Pass]) -> tuple[float, float]:
@@ -145,31 +156,45 @@ def _bench(name: str, pool: str, size: int, loader, args) -> dict:
     for _ in range(args.repeats):
         dl_runs.append(_loader_pass(loader))
         ray_runs.append(_ray_pass(cfg, size, args.batch))
-        print(f"{name}: dataloader {dl_runs[-1].seconds:.2f}s, ray {ray_runs[-1].seconds:.2f}s "
-              f"for {ray_runs[-1].images} images", file=sys.stderr, flush=True)
+        print(
+            f"{name}: dataloader {dl_runs[-1].seconds:.2f}s, ray {ray_runs[-1].seconds:.2f}s "
+            f"for {ray_runs[-1].images} images",
+            file=sys.stderr,
+            flush=True,
+        )
     assert ray_runs[0].images == dl_runs[0].images, "both pipelines must see every image"
     (ray_ips, ray_steady), (dl_ips, dl_steady) = _summary(ray_runs), _summary(dl_runs)
     dl_chain = _loader_pass(loader, args.repeats)
     ray_chain = _ray_pass(cfg, size, args.batch, args.repeats)
     assert ray_chain.images == dl_chain.images, "both pipelines must see every image"
-    print(f"{name}: {args.repeats} epochs chained: dataloader {dl_chain.seconds:.2f}s, ray {ray_chain.seconds:.2f}s",
-          file=sys.stderr, flush=True)
-    return {"images": name, "n": ray_runs[0].images, "ray_data_img_s": round(ray_ips, 1),
-            "dataloader_img_s": round(dl_ips, 1), "ratio": round(ray_ips / dl_ips, 3),
-            "steady_ray_data_img_s": round(ray_steady, 1), "steady_dataloader_img_s": round(dl_steady, 1),
-            "steady_ratio": round(ray_steady / dl_steady, 3) if dl_steady else None,
-            "chained_ray_data_img_s": round(ray_chain.images / ray_chain.seconds, 1),
-            "chained_dataloader_img_s": round(dl_chain.images / dl_chain.seconds, 1),
-            "chained_ratio": round(dl_chain.seconds / ray_chain.seconds, 3),
-            # the judged figure (224 px, target >= 1.1): steady state over the chained run, i.e. what a
-            # training run sees once its first batch has arrived
-            "chained_steady_ratio": round(ray_chain.steady_img_s / dl_chain.steady_img_s, 3)
-            if dl_chain.steady_img_s else None,
-            "ray_pass_s": [round(r.seconds, 2) for r in ray_runs],
-            "dataloader_pass_s": [round(r.seconds, 2) for r in dl_runs],
-            # the consuming process's own CPU time per pass (Ray: its executor and batching threads too)
-            "ray_driver_cpu_s": round(float(np.median([r.cpu_s for r in ray_runs])), 3),
-            "dataloader_main_cpu_s": round(float(np.median([r.cpu_s for r in dl_runs])), 3)}
+    print(
+        f"{name}: {args.repeats} epochs chained: dataloader {dl_chain.seconds:.2f}s, ray {ray_chain.seconds:.2f}s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {
+        "images": name,
+        "n": ray_runs[0].images,
+        "ray_data_img_s": round(ray_ips, 1),
+        "dataloader_img_s": round(dl_ips, 1),
+        "ratio": round(ray_ips / dl_ips, 3),
+        "steady_ray_data_img_s": round(ray_steady, 1),
+        "steady_dataloader_img_s": round(dl_steady, 1),
+        "steady_ratio": round(ray_steady / dl_steady, 3) if dl_steady else None,
+        "chained_ray_data_img_s": round(ray_chain.images / ray_chain.seconds, 1),
+        "chained_dataloader_img_s": round(dl_chain.images / dl_chain.seconds, 1),
+        "chained_ratio": round(dl_chain.seconds / ray_chain.seconds, 3),
+        # the judged figure (224 px, target >= 1.1): steady state over the chained run, i.e. what a
+        # training run sees once its first batch has arrived
+        "chained_steady_ratio": round(ray_chain.steady_img_s / dl_chain.steady_img_s, 3)
+        if dl_chain.steady_img_s
+        else None,
+        "ray_pass_s": [round(r.seconds, 2) for r in ray_runs],
+        "dataloader_pass_s": [round(r.seconds, 2) for r in dl_runs],
+        # the consuming process's own CPU time per pass (Ray: its executor and batching threads too)
+        "ray_driver_cpu_s": round(float(np.median([r.cpu_s for r in ray_runs])), 3),
+        "dataloader_main_cpu_s": round(float(np.median([r.cpu_s for r in dl_runs])), 3),
+    }
 
 
 def main() -> None:
@@ -201,12 +226,29 @@ def main() -> None:
         ray.data.DataContext.get_current().enable_progress_bars = False
         results = [_bench(name, pools[name], size, loaders[name], args) for name, _, size in cases]
     big = results[-1]
-    judged = {"metric": "chained_steady_ratio at 224 px", "value": big["chained_steady_ratio"], "target": 1.1,
-              "met": bool(big["chained_steady_ratio"] and big["chained_steady_ratio"] >= 1.1)}
-    print(json.dumps({"benchmark": "data_ingest", "judged": judged, "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
-                      "load_avg_1m": {"start": load0, "end": round(os.getloadavg()[0], 2)},
-                      "workers": args.workers, "batch_size": args.batch, "ray_compute": args.compute,
-                      "ray": ray.__version__, "torch": torch.__version__, "results": results}, indent=2))
+    judged = {
+        "metric": "chained_steady_ratio at 224 px",
+        "value": big["chained_steady_ratio"],
+        "target": 1.1,
+        "met": bool(big["chained_steady_ratio"] and big["chained_steady_ratio"] >= 1.1),
+    }
+    print(
+        json.dumps(
+            {
+                "benchmark": "data_ingest",
+                "judged": judged,
+                "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
+                "load_avg_1m": {"start": load0, "end": round(os.getloadavg()[0], 2)},
+                "workers": args.workers,
+                "batch_size": args.batch,
+                "ray_compute": args.compute,
+                "ray": ray.__version__,
+                "torch": torch.__version__,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     ray.shutdown()
 
 

@@ -49,7 +49,8 @@ def _images(n: int, size: int) -> list[bytes]:
     for data in raw:
         buf = io.BytesIO()
         Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.Resampling.BICUBIC).save(
-            buf, format="JPEG", quality=90)
+            buf, format="JPEG", quality=90
+        )
         out.append(buf.getvalue())
     return out
 
@@ -118,8 +119,10 @@ def run(n: int, sizes: list[int], repeats: int) -> dict:
         out_size = min(224, src)
         fns = _variants(out_size)
         ref = [fns["pil"](d, b) for d, b in zip(images[:20], boxes[:20])]
-        diff = {k: float(max(np.abs(f(d, b) - r).max() for d, b, r in zip(images[:20], boxes[:20], ref)))
-                for k, f in fns.items()}
+        diff = {
+            k: float(max(np.abs(f(d, b) - r).max() for d, b, r in zip(images[:20], boxes[:20], ref)))
+            for k, f in fns.items()
+        }
         times: dict[str, list[float]] = {k: [] for k in fns}
         for rep in range(repeats + 1):  # the first pass warms up
             for name, fn in fns.items():
@@ -129,16 +132,27 @@ def run(n: int, sizes: list[int], repeats: int) -> dict:
                 if rep:
                     times[name].append(time.perf_counter() - t0)
         ips = {k: n / statistics.median(v) for k, v in times.items()}
-        results.append({
-            "source_px": src, "output_px": out_size, "n": n, "mean_jpeg_kb": round(sum(map(len, images)) / n / 1024, 1),
-            "images_per_s": {k: round(v, 1) for k, v in ips.items()},
-            "ratio_vs_pil": {k: round(v / ips["pil"], 2) for k, v in ips.items()},
-            "max_abs_diff_vs_pil": {k: round(v, 3) for k, v in diff.items()},
-            "fastest": max(ips, key=ips.get),
-        })
-    return {"benchmark": "decode", "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
-            "python": sys.version.split()[0], "threads": 1, "repeats": repeats,
-            "load_avg_1m": round(os.getloadavg()[0], 2), "results": results}
+        results.append(
+            {
+                "source_px": src,
+                "output_px": out_size,
+                "n": n,
+                "mean_jpeg_kb": round(sum(map(len, images)) / n / 1024, 1),
+                "images_per_s": {k: round(v, 1) for k, v in ips.items()},
+                "ratio_vs_pil": {k: round(v / ips["pil"], 2) for k, v in ips.items()},
+                "max_abs_diff_vs_pil": {k: round(v, 3) for k, v in diff.items()},
+                "fastest": max(ips, key=ips.get),
+            }
+        )
+    return {
+        "benchmark": "decode",
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "python": sys.version.split()[0],
+        "threads": 1,
+        "repeats": repeats,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "results": results,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -48,8 +48,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 
@@ -95,27 +96,68 @@ def gpu_profile() -> Profile:
     cpus = os.cpu_count() or 8
     trainer_cpus = 4
     return Profile(
-        mode="gpu", preset="aim-600m", source_size=512, curated_size=384, shards=4, per_shard=200,
-        curated_train=256, curated_test=128, batch=128, steps=200, log_every=10, use_gpu=True,
-        precision="bf16", compile=True, cpus_per_worker=trainer_cpus, threads_per_worker=None,
-        decode={"compute": "actors", "concurrency": max(1, cpus - trainer_cpus - 1), "num_cpus": 1.0,
-                "batch_size": 256},
-        ray_cpus=None, fsdp_workers=1, fsdp_cpus_per_worker=trainer_cpus, fsdp_steps=4,
+        mode="gpu",
+        preset="aim-600m",
+        source_size=512,
+        curated_size=384,
+        shards=4,
+        per_shard=200,
+        curated_train=256,
+        curated_test=128,
+        batch=128,
+        steps=200,
+        log_every=10,
+        use_gpu=True,
+        precision="bf16",
+        compile=True,
+        cpus_per_worker=trainer_cpus,
+        threads_per_worker=None,
+        decode={
+            "compute": "actors",
+            "concurrency": max(1, cpus - trainer_cpus - 1),
+            "num_cpus": 1.0,
+            "batch_size": 256,
+        },
+        ray_cpus=None,
+        fsdp_workers=1,
+        fsdp_cpus_per_worker=trainer_cpus,
+        fsdp_steps=4,
         fsdp_sets=["model.depth=4", "model.head_depth=2"],
         probe={"train_limit": 256, "test_limit": 128, "epochs": 3, "batch_size": 64},
-        gpu_step_steps=20, gpu_step_warmup=3)
+        gpu_step_steps=20,
+        gpu_step_warmup=3,
+    )
 
 
 def cpu_smoke_profile() -> Profile:
     """aim-test (16 px crops) from 36-72 px sources on 2 CPU cores; FSDP over gloo with 2 workers."""
     return Profile(
-        mode="cpu-smoke", preset="aim-test", source_size=48, curated_size=32, shards=2, per_shard=60,
-        curated_train=100, curated_test=60, batch=16, steps=12, log_every=1, use_gpu=False,
-        precision="fp32", compile=False, cpus_per_worker=0.5, threads_per_worker=1,
-        decode={"num_cpus": 0.25, "concurrency": 1}, ray_cpus=2, fsdp_workers=2, fsdp_cpus_per_worker=0.5,
-        fsdp_steps=4, fsdp_sets=[],
+        mode="cpu-smoke",
+        preset="aim-test",
+        source_size=48,
+        curated_size=32,
+        shards=2,
+        per_shard=60,
+        curated_train=100,
+        curated_test=60,
+        batch=16,
+        steps=12,
+        log_every=1,
+        use_gpu=False,
+        precision="fp32",
+        compile=False,
+        cpus_per_worker=0.5,
+        threads_per_worker=1,
+        decode={"num_cpus": 0.25, "concurrency": 1},
+        ray_cpus=2,
+        fsdp_workers=2,
+        fsdp_cpus_per_worker=0.5,
+        fsdp_steps=4,
+        fsdp_sets=[],
         probe={"train_limit": 64, "test_limit": 32, "epochs": 2, "batch_size": 32},
-        gpu_step_steps=3, gpu_step_warmup=1)
+        gpu_step_steps=3,
+        gpu_step_warmup=1,
+    )
 
 
 def log(*a: Any) -> None:
@@ -134,29 +176,47 @@ class CheckFailed(RuntimeError):
 def experiment_dict(p: Profile, work: Path, pool: str, curated: str) -> dict:
     """The base experiment (the main pre-training run); the other phases apply `--set` overrides to it."""
     return {
-        "name": "gpu-pipeline", "seed": 0,
+        "name": "gpu-pipeline",
+        "seed": 0,
         "model": {"preset": p.preset},
         "target": {"name": "norm_pixel"},
-        "data": {"pool": {"uri": pool, "dedup": True, "top_fraction": 0.7}, "curated": {"uri": curated},
-                 "max_bad_fraction": 0.05, "decode": dict(p.decode)},
+        "data": {
+            "pool": {"uri": pool, "dedup": True, "top_fraction": 0.7},
+            "curated": {"uri": curated},
+            "max_bad_fraction": 0.05,
+            "decode": dict(p.decode),
+        },
         "optim": {"batch_size": p.batch, "lr": 6.25e-5 if p.use_gpu else 2e-2},
         "schedule": {"steps": p.steps, "warmup_fraction": 0.05},
-        "scaling": {"num_workers": 1, "use_gpu": p.use_gpu, "cpus_per_worker": p.cpus_per_worker,
-                    "strategy": "ddp", "precision": p.precision, "compile": p.compile, "max_failures": 0,
-                    **({"threads_per_worker": p.threads_per_worker} if p.threads_per_worker else {})},
+        "scaling": {
+            "num_workers": 1,
+            "use_gpu": p.use_gpu,
+            "cpus_per_worker": p.cpus_per_worker,
+            "strategy": "ddp",
+            "precision": p.precision,
+            "compile": p.compile,
+            "max_failures": 0,
+            **({"threads_per_worker": p.threads_per_worker} if p.threads_per_worker else {}),
+        },
         "storage": {"path": str(work / "runs"), "checkpoint_every": p.steps, "keep": 1},
-        "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "experiment": "gpu-pipeline",
-                     "log_every": p.log_every},
+        "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "experiment": "gpu-pipeline", "log_every": p.log_every},
         "probe": dict(p.probe),
     }
 
 
 def fsdp_sets(p: Profile) -> list[str]:
     half = max(1, p.fsdp_steps // 2)
-    return ["name=gpu-pipeline-fsdp", "scaling.strategy=fsdp", f"scaling.num_workers={p.fsdp_workers}",
-            f"scaling.cpus_per_worker={p.fsdp_cpus_per_worker}", f"schedule.steps={p.fsdp_steps}",
-            f"storage.checkpoint_every={half}", "storage.keep=2", "tracking.experiment=gpu-pipeline-fsdp",
-            *p.fsdp_sets]
+    return [
+        "name=gpu-pipeline-fsdp",
+        "scaling.strategy=fsdp",
+        f"scaling.num_workers={p.fsdp_workers}",
+        f"scaling.cpus_per_worker={p.fsdp_cpus_per_worker}",
+        f"schedule.steps={p.fsdp_steps}",
+        f"storage.checkpoint_every={half}",
+        "storage.keep=2",
+        "tracking.experiment=gpu-pipeline-fsdp",
+        *p.fsdp_sets,
+    ]
 
 
 def aimctl(*args: str) -> str:
@@ -177,8 +237,13 @@ def subprocess_env() -> dict[str, str]:
 def gpu_info() -> dict:
     """GPU name and memory from nvidia-smi (no CUDA context in this process before the probe), else torch's."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30, check=True)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         name, mem, driver = [x.strip() for x in out.stdout.strip().splitlines()[0].split(",")]
         return {"gpu": name, "gpu_memory": mem, "driver": driver}
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
@@ -192,28 +257,59 @@ def env_info() -> dict:
     import ray
     import torch
 
-    return {**gpu_info(), "torch": torch.__version__, "cuda": torch.version.cuda, "ray": ray.__version__,
-            "mlflow": mlflow.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
-            "machine": platform.machine()}
+    return {
+        **gpu_info(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "ray": ray.__version__,
+        "mlflow": mlflow.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+    }
 
 
 def phase_data(p: Profile, work: Path) -> dict:
     """`aimctl data demo` in a subprocess: the real CLI."""
     out = work / "data"
-    cmd = [sys.executable, "-m", "pipelines.cli", "data", "demo", "--out", str(out),
-           "--shards", str(p.shards), "--per-shard", str(p.per_shard), "--curated-train", str(p.curated_train),
-           "--curated-test", str(p.curated_test), "--size", str(p.source_size),
-           "--curated-size", str(p.curated_size)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "data",
+        "demo",
+        "--out",
+        str(out),
+        "--shards",
+        str(p.shards),
+        "--per-shard",
+        str(p.per_shard),
+        "--curated-train",
+        str(p.curated_train),
+        "--curated-test",
+        str(p.curated_test),
+        "--size",
+        str(p.source_size),
+        "--curated-size",
+        str(p.curated_size),
+    ]
     res = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         raise RuntimeError(f"aimctl data demo exited {res.returncode}: {res.stderr.strip()[-1500:]}")
     demo = json.loads((out / "demo.json").read_text())
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     lo, hi = int(p.source_size * 0.75), int(p.source_size * 1.5)
-    return {"command": aimctl(*cmd[3:]), "pool_uri": demo["pool_uri"], "curated_uri": demo["curated_uri"],
-            "pool_rows": demo["pool_rows"], "curated_rows": demo["curated_rows"],
-            "pool_source_px": [lo, hi], "curated_source_px": p.curated_size, "bytes": size,
-            "broken_on_purpose": len(demo["corrupt"]) + len(demo["missing"])}
+    return {
+        "command": aimctl(*cmd[3:]),
+        "pool_uri": demo["pool_uri"],
+        "curated_uri": demo["curated_uri"],
+        "pool_rows": demo["pool_rows"],
+        "curated_rows": demo["curated_rows"],
+        "pool_source_px": [lo, hi],
+        "curated_source_px": p.curated_size,
+        "bytes": size,
+        "broken_on_purpose": len(demo["corrupt"]) + len(demo["missing"]),
+    }
 
 
 def steady_points(uri: str, run_id: str, key: str, steps: int, skip_fraction: float) -> list:
@@ -255,20 +351,45 @@ def phase_pretrain(p: Profile, yaml_path: Path, skip_fraction: float) -> dict:
     ips = steady_points(uri, res.run_id, "train/images_per_s", p.steps, skip_fraction)
     mfu = steady_points(uri, res.run_id, "train/mfu", p.steps, skip_fraction)
     metrics = tracking.client(uri).get_run(res.run_id).data.metrics
-    return {"command": aimctl("pretrain", str(yaml_path)), "step": res.step, "resumed_from": res.resumed_from,
-            "run_id": res.run_id, "checkpoint": res.checkpoint_uri, "skipped_samples": res.skipped,
-            "images_per_s": median_value(ips), "mfu": median_value(mfu),
-            "images_per_s_range": [min(m.value for m in ips), max(m.value for m in ips)] if ips else None,
-            "images_per_s_wall": wall_rate(ips, p.batch), "steady_log_points": len(ips),
-            "steady_from_step": ips[0].step if ips else None, "skip_fraction": skip_fraction,
-            "final_loss": metrics.get("train/loss"), "attn_impl": "flex" if p.use_gpu else "sdpa"}
+    return {
+        "command": aimctl("pretrain", str(yaml_path)),
+        "step": res.step,
+        "resumed_from": res.resumed_from,
+        "run_id": res.run_id,
+        "checkpoint": res.checkpoint_uri,
+        "skipped_samples": res.skipped,
+        "images_per_s": median_value(ips),
+        "mfu": median_value(mfu),
+        "images_per_s_range": [min(m.value for m in ips), max(m.value for m in ips)] if ips else None,
+        "images_per_s_wall": wall_rate(ips, p.batch),
+        "steady_log_points": len(ips),
+        "steady_from_step": ips[0].step if ips else None,
+        "skip_fraction": skip_fraction,
+        "final_loss": metrics.get("train/loss"),
+        "attn_impl": "flex" if p.use_gpu else "sdpa",
+    }
 
 
 def gpu_step_cmd(p: Profile, json_out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "benchmarks.gpu_step", "--preset", p.preset, "--batch-sizes", str(p.batch),
-           "--steps", str(p.gpu_step_steps), "--warmup", str(p.gpu_step_warmup),
-           "--impls", "flex" if p.use_gpu else "sdpa", "--compile", "blocks" if p.compile else "none",
-           "--json-out", str(json_out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.gpu_step",
+        "--preset",
+        p.preset,
+        "--batch-sizes",
+        str(p.batch),
+        "--steps",
+        str(p.gpu_step_steps),
+        "--warmup",
+        str(p.gpu_step_warmup),
+        "--impls",
+        "flex" if p.use_gpu else "sdpa",
+        "--compile",
+        "blocks" if p.compile else "none",
+        "--json-out",
+        str(json_out),
+    ]
     return cmd if p.use_gpu else [*cmd, "--device", "cpu"]
 
 
@@ -285,11 +406,25 @@ def phase_gpu_step(p: Profile, work: Path) -> dict:
     run = report["runs"][0]
     if "images_per_s" not in run:
         raise RuntimeError(f"gpu_step variant failed: {run.get('error')}")
-    keep = ("attn_impl", "compile", "batch", "images_per_s", "mfu", "ms_per_step", "ms_per_step_range",
-            "peak_mem_gib", "host_syncs_per_step", "warmup_s", "final_loss")
-    return {"command": shlex.join(["python", *cmd[1:]]), "device": report.get("device"),
-            "measured_bf16_matmul_tflops": report.get("measured_bf16_matmul_tflops"),
-            **{k: run.get(k) for k in keep}}
+    keep = (
+        "attn_impl",
+        "compile",
+        "batch",
+        "images_per_s",
+        "mfu",
+        "ms_per_step",
+        "ms_per_step_range",
+        "peak_mem_gib",
+        "host_syncs_per_step",
+        "warmup_s",
+        "final_loss",
+    )
+    return {
+        "command": shlex.join(["python", *cmd[1:]]),
+        "device": report.get("device"),
+        "measured_bf16_matmul_tflops": report.get("measured_bf16_matmul_tflops"),
+        **{k: run.get(k) for k in keep},
+    }
 
 
 def phase_fsdp(p: Profile, yaml_path: Path) -> dict:
@@ -298,20 +433,31 @@ def phase_fsdp(p: Profile, yaml_path: Path) -> dict:
     _, res = run_pretrain(yaml_path, sets, stop_after=half)
     if res.step != half or not res.checkpoint_uri:
         raise CheckFailed(f"fsdp run stopped at step {res.step} (checkpoint {res.checkpoint_uri}), wanted {half}")
-    return {"command": aimctl("pretrain", str(yaml_path), *sets_args(sets), "--stop-after", str(half)),
-            "step": res.step, "resumed_from": res.resumed_from, "checkpoint": res.checkpoint_uri,
-            "workers": p.fsdp_workers, "run_id": res.run_id}
+    return {
+        "command": aimctl("pretrain", str(yaml_path), *sets_args(sets), "--stop-after", str(half)),
+        "step": res.step,
+        "resumed_from": res.resumed_from,
+        "checkpoint": res.checkpoint_uri,
+        "workers": p.fsdp_workers,
+        "run_id": res.run_id,
+    }
 
 
 def phase_fsdp_resume(p: Profile, yaml_path: Path) -> dict:
     """The same FSDP pretrain again: it must resume from the checkpoint and reach the final step."""
     sets = fsdp_sets(p)
     _, res = run_pretrain(yaml_path, sets)
-    out = {"command": aimctl("pretrain", str(yaml_path), *sets_args(sets)), "step": res.step,
-           "resumed_from": res.resumed_from, "checkpoint": res.checkpoint_uri, "run_id": res.run_id}
+    out = {
+        "command": aimctl("pretrain", str(yaml_path), *sets_args(sets)),
+        "step": res.step,
+        "resumed_from": res.resumed_from,
+        "checkpoint": res.checkpoint_uri,
+        "run_id": res.run_id,
+    }
     if res.resumed_from <= 0 or res.step != p.fsdp_steps:
-        raise CheckFailed(f"resume: resumed_from {res.resumed_from}, final step {res.step} (wanted > 0 and "
-                          f"{p.fsdp_steps}); {out}")
+        raise CheckFailed(
+            f"resume: resumed_from {res.resumed_from}, final step {res.step} (wanted > 0 and {p.fsdp_steps}); {out}"
+        )
     return out
 
 
@@ -332,10 +478,16 @@ def phase_probe(yaml_path: Path, sets: list[str]) -> dict:
 
     cfg = load_experiment(yaml_path, sets)
     res = probe_checkpoint(cfg, None, device="auto")
-    return {"command": aimctl("probe", str(yaml_path), *sets_args(sets)), "run": cfg.name,
-            "device": str(probe_device("auto")), "attentive_top1": res.attentive_top1,
-            "linear_top1": res.linear_top1, "num_train": res.num_train, "num_test": res.num_test,
-            "blocks": res.blocks}
+    return {
+        "command": aimctl("probe", str(yaml_path), *sets_args(sets)),
+        "run": cfg.name,
+        "device": str(probe_device("auto")),
+        "attentive_top1": res.attentive_top1,
+        "linear_top1": res.linear_top1,
+        "num_train": res.num_train,
+        "num_test": res.num_test,
+        "blocks": res.blocks,
+    }
 
 
 class Report:
@@ -393,14 +545,23 @@ def figures(phases: dict) -> dict:
         ratio = round(pre["images_per_s"] / step["images_per_s"], 4)
     wall = pre.get("images_per_s_wall")
     ratio_wall = round(wall / step["images_per_s"], 4) if wall and step.get("images_per_s") else None
-    return {"pipeline_images_per_s": pre.get("images_per_s"), "pipeline_mfu": pre.get("mfu"),
-            "pipeline_images_per_s_wall": wall, "ratio_wall": ratio_wall,
-            "gpu_step_images_per_s": step.get("images_per_s"), "gpu_step_mfu": step.get("mfu"),
-            "ratio": ratio, "ratio_target": RATIO_TARGET,
-            "ratio_met": None if ratio is None else ratio >= RATIO_TARGET,
-            "pretrain_step": pre.get("step"), "fsdp_stopped_at": fs.get("step"),
-            "fsdp_resumed_from": fr.get("resumed_from"), "fsdp_final_step": fr.get("step"),
-            "probe_attentive_top1": pr.get("attentive_top1"), "probe_linear_top1": pr.get("linear_top1")}
+    return {
+        "pipeline_images_per_s": pre.get("images_per_s"),
+        "pipeline_mfu": pre.get("mfu"),
+        "pipeline_images_per_s_wall": wall,
+        "ratio_wall": ratio_wall,
+        "gpu_step_images_per_s": step.get("images_per_s"),
+        "gpu_step_mfu": step.get("mfu"),
+        "ratio": ratio,
+        "ratio_target": RATIO_TARGET,
+        "ratio_met": None if ratio is None else ratio >= RATIO_TARGET,
+        "pretrain_step": pre.get("step"),
+        "fsdp_stopped_at": fs.get("step"),
+        "fsdp_resumed_from": fr.get("resumed_from"),
+        "fsdp_final_step": fr.get("step"),
+        "probe_attentive_top1": pr.get("attentive_top1"),
+        "probe_linear_top1": pr.get("linear_top1"),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -409,16 +570,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, help="pre-training steps (GPU 200, smoke 12)")
     ap.add_argument("--batch-size", type=int, help="global batch (GPU 128, smoke 16)")
     ap.add_argument("--log-every", type=int, help="MLflow logging interval in steps (GPU 10, smoke 1)")
-    ap.add_argument("--skip-fraction", type=float, default=0.2, help="leading fraction of the run left out of the medians")
+    ap.add_argument(
+        "--skip-fraction", type=float, default=0.2, help="leading fraction of the run left out of the medians"
+    )
     ap.add_argument("--source-size", type=int, help="pool source image size in px (GPU 512 -> 384-768 px)")
     ap.add_argument("--per-shard", type=int, help="pool images per shard (GPU 200 x 4 shards)")
     ap.add_argument("--fsdp-steps", type=int, help="FSDP phase steps, checkpoint half way (default 4)")
     ap.add_argument("--fsdp-workers", type=int, help="FSDP phase workers (GPU 1, smoke 2)")
-    ap.add_argument("--fsdp-set", action="append", default=None,
-                    help="override for the FSDP phase (repeatable; replaces the default depth reduction)")
+    ap.add_argument(
+        "--fsdp-set",
+        action="append",
+        default=None,
+        help="override for the FSDP phase (repeatable; replaces the default depth reduction)",
+    )
     ap.add_argument("--gpu-step-steps", type=int, help="timed gpu_step steps (GPU 20)")
-    ap.add_argument("--probe-run", choices=("fsdp", "main"), default="fsdp",
-                    help="whose latest checkpoint the probe phase probes (default: the resumed FSDP run)")
+    ap.add_argument(
+        "--probe-run",
+        choices=("fsdp", "main"),
+        default="fsdp",
+        help="whose latest checkpoint the probe phase probes (default: the resumed FSDP run)",
+    )
     ap.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)}")
     ap.add_argument("--workdir", help="parent of the temp dir (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data, checkpoints, mlflow.db)")
@@ -428,10 +599,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def profile_from(a: argparse.Namespace) -> Profile:
     p = cpu_smoke_profile() if a.cpu_smoke else gpu_profile()
-    flags = {"steps": a.steps, "batch": a.batch_size, "log_every": a.log_every, "source_size": a.source_size,
-             "per_shard": a.per_shard, "fsdp_steps": a.fsdp_steps, "fsdp_sets": a.fsdp_set,
-             "fsdp_workers": a.fsdp_workers,
-             "gpu_step_steps": a.gpu_step_steps}
+    flags = {
+        "steps": a.steps,
+        "batch": a.batch_size,
+        "log_every": a.log_every,
+        "source_size": a.source_size,
+        "per_shard": a.per_shard,
+        "fsdp_steps": a.fsdp_steps,
+        "fsdp_sets": a.fsdp_set,
+        "fsdp_workers": a.fsdp_workers,
+        "gpu_step_steps": a.gpu_step_steps,
+    }
     return dataclasses.replace(p, **{k: v for k, v in flags.items() if v is not None})
 
 
@@ -467,8 +645,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     missing = missing_modules()
     if missing:
-        print(json.dumps({"benchmark": "gpu_pipeline", "ok": False, "error": f"cannot import {', '.join(missing)}: "
-                          "install the project's dependencies (pyproject.toml) first"}))
+        print(
+            json.dumps(
+                {
+                    "benchmark": "gpu_pipeline",
+                    "ok": False,
+                    "error": f"cannot import {', '.join(missing)}: "
+                    "install the project's dependencies (pyproject.toml) first",
+                }
+            )
+        )
         return 1
     for var, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("MLFLOW_DISABLE_TELEMETRY", "true")):
         os.environ.setdefault(var, value)
@@ -481,10 +667,22 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu_pipeline-", dir=a.workdir))
     try:
         with stdout_to_stderr():  # progress bars and Ray's worker logs: stdout carries the JSON only
-            report = Report(a.out, {"benchmark": "gpu_pipeline", "mode": p.mode, "env": env_info(),
-                                    "workdir": str(work), "config": {"profile": dataclasses.asdict(p),
-                                    "skip_fraction": a.skip_fraction, "phases": a.phases,
-                                    "probe_run": a.probe_run}, "phases": {}})
+            report = Report(
+                a.out,
+                {
+                    "benchmark": "gpu_pipeline",
+                    "mode": p.mode,
+                    "env": env_info(),
+                    "workdir": str(work),
+                    "config": {
+                        "profile": dataclasses.asdict(p),
+                        "skip_fraction": a.skip_fraction,
+                        "phases": a.phases,
+                        "probe_run": a.probe_run,
+                    },
+                    "phases": {},
+                },
+            )
             run_phases(p, a, work, report)
             _shutdown_ray()
     finally:
@@ -493,8 +691,10 @@ def main(argv: list[str] | None = None) -> int:
     doc = report.doc
     doc["figures"] = figures(doc["phases"])
     if not p.use_gpu:
-        doc["figures"]["ratio_note"] = ("CPU smoke: the pipeline trains in fp32, gpu_step's CPU debug path under "
-                                        "bf16 autocast; the ratio only shows both ran")
+        doc["figures"]["ratio_note"] = (
+            "CPU smoke: the pipeline trains in fp32, gpu_step's CPU debug path under "
+            "bf16 autocast; the ratio only shows both ran"
+        )
     doc["failed"] = [n for n, ph in doc["phases"].items() if ph.get("status") != "ok"]
     doc["ok"] = not doc["failed"]
     doc["wall_s"] = round(time.perf_counter() - start, 1)

@@ -119,8 +119,9 @@ def forward_loss(model: aim_core.AIM, images: torch.Tensor, prefix_len: torch.Te
     return model.loss_from_predictions(images, preds, prefix_len).loss
 
 
-def make_step(model: aim_core.AIM, opt: torch.optim.Optimizer, images: torch.Tensor, clip: float | None,
-              whole_model: bool = False):
+def make_step(
+    model: aim_core.AIM, opt: torch.optim.Optimizer, images: torch.Tensor, clip: float | None, whole_model: bool = False
+):
     """One training step; `whole_model` compiles forward + loss as one graph (backward through AOTAutograd)."""
     params = [p for p in model.parameters() if p.requires_grad]
     device_type = images.device.type
@@ -242,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--impls", default="flex,sdpa")
-    p.add_argument("--compile", default="none,blocks",
-                   help="comma list of none (eager), blocks (each trunk and head block), model (forward + loss as one graph)")
+    p.add_argument(
+        "--compile",
+        default="none,blocks",
+        help="comma list of none (eager), blocks (each trunk and head block), model (forward + loss as one graph)",
+    )
     p.add_argument("--clip", type=float, default=1.0, help="gradient clip norm (0: off)")
     p.add_argument("--max-seconds", type=float, default=420.0, help="skip variants that would start after this")
     p.add_argument("--json-out", default=None)
@@ -263,15 +267,23 @@ def main(argv: list[str] | None = None) -> int:
     with torch.device(device):
         model = aim_core.build_model(a.preset).train()
     cfg = model.config
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05,
-                            fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05, fused=device.type == "cuda"
+    )
     name, peak = peak_flops(device)
     a.matmul_tflops = measured_matmul_tflops(device)
     report: dict = {
-        "benchmark": "gpu_step", "preset": a.preset, "device": name, "peak_bf16_flops": peak,
+        "benchmark": "gpu_step",
+        "preset": a.preset,
+        "device": name,
+        "peak_bf16_flops": peak,
         "measured_bf16_matmul_tflops": a.matmul_tflops,
-        "params": model.param_counts(), "flops_per_image": model.flops_per_image(),
-        "tokens": cfg.num_patches, "steps": a.steps, "warmup": a.warmup, "clip": a.clip,
+        "params": model.param_counts(),
+        "flops_per_image": model.flops_per_image(),
+        "tokens": cfg.num_patches,
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "clip": a.clip,
         "env": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
         "runs": [],
     }
@@ -323,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             cmp[f"flex_vs_sdpa_{comp}"] = round(f["images_per_s"] / s["images_per_s"], 3)
     if ok:
         best = max(ok.values(), key=lambda r: r["images_per_s"])
-        report["best"] = {k: best.get(k) for k in ("attn_impl", "compile", "batch", "images_per_s", "mfu",
-                                                   "peak_mem_gib")}
+        report["best"] = {
+            k: best.get(k) for k in ("attn_impl", "compile", "batch", "images_per_s", "mfu", "peak_mem_gib")
+        }
     report["throughput_ratios"] = cmp
     report["wall_s"] = round(time.perf_counter() - start, 1)
     dump()

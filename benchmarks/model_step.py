@@ -36,16 +36,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import aim_core
 from aim_core import layers
 
-DEFAULT = dict(img=32, patch=4, width=192, depth=12, heads=3, head_width=256, head_depth=2, batch=64,
-               repeats=11, warmup=2)
-QUICK = dict(img=16, patch=4, width=64, depth=2, heads=2, head_width=64, head_depth=1, batch=8,
-             repeats=5, warmup=1)
+DEFAULT = dict(
+    img=32, patch=4, width=192, depth=12, heads=3, head_width=256, head_depth=2, batch=64, repeats=11, warmup=2
+)
+QUICK = dict(img=16, patch=4, width=64, depth=2, heads=2, head_width=64, head_depth=1, batch=8, repeats=5, warmup=1)
 
 
 def log(*a) -> None:
@@ -56,8 +55,9 @@ def log(*a) -> None:
 class PatchMLPHead(nn.Module):
     """Per-patch residual MLP head with the same layers (so the same FLOPs) as AIM's `mlp` head."""
 
-    def __init__(self, dim: int, out_dim: int, width: int, depth: int, num_patches: int,
-                 mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self, dim: int, out_dim: int, width: int, depth: int, num_patches: int, mlp_ratio: float = 4.0
+    ) -> None:
         super().__init__()
         from timm.layers import Mlp
 
@@ -85,9 +85,20 @@ class TimmBaseline(nn.Module):
         self.patch = a.patch
         self.num_patches = (a.img // a.patch) ** 2
         self.vit = VisionTransformer(
-            img_size=a.img, patch_size=a.patch, embed_dim=a.width, depth=a.depth, num_heads=a.heads,
-            mlp_ratio=4.0, num_classes=0, global_pool="", class_token=False, qkv_bias=False,
-            proj_bias=False, embed_norm_layer="layernorm", final_norm=True)
+            img_size=a.img,
+            patch_size=a.patch,
+            embed_dim=a.width,
+            depth=a.depth,
+            num_heads=a.heads,
+            mlp_ratio=4.0,
+            num_classes=0,
+            global_pool="",
+            class_token=False,
+            qkv_bias=False,
+            proj_bias=False,
+            embed_norm_layer="layernorm",
+            final_norm=True,
+        )
         self.head = PatchMLPHead(a.width, 3 * a.patch * a.patch, a.head_width, a.head_depth, self.num_patches)
 
     def forward(self, images: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -106,7 +117,9 @@ class TimmBaseline(nn.Module):
 def timm_fwd_loss(model: TimmBaseline, images: torch.Tensor, prefix_len: torch.Tensor, bf16: bool) -> torch.Tensor:
     k = model.num_patches
     idx = torch.arange(k, device=images.device)
-    may_attend = (idx[None, :] <= idx[:, None])[None, None] | (idx[None, None, None, :] < prefix_len[:, None, None, None])
+    may_attend = (idx[None, :] <= idx[:, None])[None, None] | (
+        idx[None, None, None, :] < prefix_len[:, None, None, None]
+    )
     with torch.autocast("cpu" if images.device.type == "cpu" else images.device.type, torch.bfloat16, enabled=bf16):
         preds = model(images, may_attend)
     pred, target = preds[:, :-1], model.targets(images)[:, 1:]
@@ -138,8 +151,14 @@ class Variant:
         return f"{self.model}/{self.dtype}/{self.mode}"
 
 
-def make_step(fwd_loss: Callable, model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
-              sample_prefix: Callable[[], torch.Tensor], bf16: bool) -> Callable[[], torch.Tensor]:
+def make_step(
+    fwd_loss: Callable,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    images: torch.Tensor,
+    sample_prefix: Callable[[], torch.Tensor],
+    bf16: bool,
+) -> Callable[[], torch.Tensor]:
     def step() -> torch.Tensor:
         prefix_len = sample_prefix()
         loss = fwd_loss(model, images, prefix_len, bf16)
@@ -147,6 +166,7 @@ def make_step(fwd_loss: Callable, model: nn.Module, opt: torch.optim.Optimizer, 
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.detach()
+
     return step
 
 
@@ -163,15 +183,27 @@ def with_sdpa(step: Callable[[], torch.Tensor], model: nn.Module) -> Callable[[]
         finally:
             for m, flag in zip(attns, old):
                 m.explicit_lowp_cpu = flag
+
     return run_sdpa
 
 
 def build(a: argparse.Namespace):
     torch.manual_seed(0)
     aim = aim_core.build_model(
-        "aim-tiny", img_size=a.img, patch_size=a.patch, width=a.width, depth=a.depth, num_heads=a.heads,
-        head="mlp", head_width=a.head_width, head_depth=a.head_depth, target="norm_pixel",
-        attention="prefix", order="raster", attn_impl="sdpa").train()
+        "aim-tiny",
+        img_size=a.img,
+        patch_size=a.patch,
+        width=a.width,
+        depth=a.depth,
+        num_heads=a.heads,
+        head="mlp",
+        head_width=a.head_width,
+        head_depth=a.head_depth,
+        target="norm_pixel",
+        attention="prefix",
+        order="raster",
+        attn_impl="sdpa",
+    ).train()
     torch.manual_seed(0)
     ref = TimmBaseline(a).train()
     return aim, ref
@@ -194,8 +226,7 @@ def run(a: argparse.Namespace) -> dict:
     opts = {"aim": adamw(aim), "timm": adamw(ref)}
     models = {"aim": aim, "timm": ref}
     fwd = {"aim": aim_fwd_loss, "timm": timm_fwd_loss}
-    samplers = {"aim": lambda: aim.sample_prefix_len(a.batch),
-                "timm": lambda: torch.randint(1, k, (a.batch,))}
+    samplers = {"aim": lambda: aim.sample_prefix_len(a.batch), "timm": lambda: torch.randint(1, k, (a.batch,))}
 
     variants: list[Variant] = []
     for dtype in a.dtypes:
@@ -236,7 +267,7 @@ def run(a: argparse.Namespace) -> dict:
     live = [v for v in variants if not v.error]
     load_before = os.getloadavg()
     for r in range(a.repeats):
-        order = live[r % len(live):] + live[:r % len(live)] if live else []
+        order = live[r % len(live) :] + live[: r % len(live)] if live else []
         for v in order:
             c0, t0 = time.process_time(), time.perf_counter()
             v.step()
@@ -252,10 +283,15 @@ def run(a: argparse.Namespace) -> dict:
             entry["error"] = v.error
         else:
             med = statistics.median(v.times)
-            entry.update(ms_per_step=round(1e3 * med, 2), images_per_s=round(a.batch / med, 1),
-                         min_ms=round(1e3 * min(v.times), 2), max_ms=round(1e3 * max(v.times), 2),
-                         cpu_ms_per_step=round(1e3 * statistics.median(v.cpu_times), 2),
-                         times_ms=[round(1e3 * t, 1) for t in v.times], warmup_s=v.warmup_s)
+            entry.update(
+                ms_per_step=round(1e3 * med, 2),
+                images_per_s=round(a.batch / med, 1),
+                min_ms=round(1e3 * min(v.times), 2),
+                max_ms=round(1e3 * max(v.times), 2),
+                cpu_ms_per_step=round(1e3 * statistics.median(v.cpu_times), 2),
+                times_ms=[round(1e3 * t, 1) for t in v.times],
+                warmup_s=v.warmup_s,
+            )
         results[v.name] = entry
 
     def ratio(num: str, den: str) -> dict | None:
@@ -265,10 +301,12 @@ def run(a: argparse.Namespace) -> dict:
         if va is None or vb is None:
             return None
         paired = [tb / ta for ta, tb in zip(va.times, vb.times)]
-        return {"ratio_of_medians": round(statistics.median(vb.times) / statistics.median(va.times), 3),
-                "median_paired_ratio": round(statistics.median(paired), 3),
-                "ratio_of_min": round(min(vb.times) / min(va.times), 3),
-                "cpu_time_ratio_of_medians": round(statistics.median(vb.cpu_times) / statistics.median(va.cpu_times), 3)}
+        return {
+            "ratio_of_medians": round(statistics.median(vb.times) / statistics.median(va.times), 3),
+            "median_paired_ratio": round(statistics.median(paired), 3),
+            "ratio_of_min": round(min(vb.times) / min(va.times), 3),
+            "cpu_time_ratio_of_medians": round(statistics.median(vb.cpu_times) / statistics.median(va.cpu_times), 3),
+        }
 
     ratios = {}
     for dtype in a.dtypes:
@@ -282,11 +320,16 @@ def run(a: argparse.Namespace) -> dict:
             ratios[dtype]["aim_eager_vs_aim_sdpa_eager"] = ratio("aim/bf16/eager", "aim_sdpa/bf16/eager")
             ratios[dtype]["aim_sdpa_eager_vs_timm_eager"] = ratio("aim_sdpa/bf16/eager", "timm/bf16/eager")
         targets = {}
-        for key, label, need in (("aim_eager_vs_timm_eager", ">=1.0x timm eager", 1.0),
-                                 ("aim_compile_vs_timm_eager", ">=1.2x timm eager (AIM compiled)", 1.2)):
+        for key, label, need in (
+            ("aim_eager_vs_timm_eager", ">=1.0x timm eager", 1.0),
+            ("aim_compile_vs_timm_eager", ">=1.2x timm eager (AIM compiled)", 1.2),
+        ):
             r = ratios[dtype][key]
             if r:  # judged on wall-clock medians and, steadier on a shared machine, on CPU-time medians
-                targets[label] = {"wall": r["ratio_of_medians"] >= need, "cpu_time": r["cpu_time_ratio_of_medians"] >= need}
+                targets[label] = {
+                    "wall": r["ratio_of_medians"] >= need,
+                    "cpu_time": r["cpu_time_ratio_of_medians"] >= need,
+                }
         ratios[dtype]["targets_met"] = targets
 
     def nparams(m: nn.Module) -> int:
@@ -297,19 +340,30 @@ def run(a: argparse.Namespace) -> dict:
     return {
         "benchmark": "model_step",
         "what": "fwd+loss+bwd+AdamW step, AIM (trunk + MLP head, prefix mask, norm_pixel MSE) vs timm "
-                "VisionTransformer + same-cost per-patch MLP head, same mask and loss",
-        "shape": {k_: getattr(a, k_) for k_ in ("img", "patch", "width", "depth", "heads", "head_width",
-                                                 "head_depth", "batch")} | {"tokens": k},
+        "VisionTransformer + same-cost per-patch MLP head, same mask and loss",
+        "shape": {
+            k_: getattr(a, k_)
+            for k_ in ("img", "patch", "width", "depth", "heads", "head_width", "head_depth", "batch")
+        }
+        | {"tokens": k},
         "params": {"aim": nparams(aim), "timm": nparams(ref)},
         "aim_flops_per_image_train": aim.flops_per_image()["train"],
-        "repeats": a.repeats, "warmup": a.warmup, "quick": a.quick,
+        "repeats": a.repeats,
+        "warmup": a.warmup,
+        "quick": a.quick,
         "results": results,
         "ratios_aim_over_timm_throughput": ratios,
-        "env": {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
-                "machine": platform.machine(), "processor": _cpu_name(), "cpu_count": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(),
-                "loadavg_before_timing": [round(x, 2) for x in load_before],
-                "loadavg_after_timing": [round(x, 2) for x in load_after]},
+        "env": {
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "processor": _cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "loadavg_before_timing": [round(x, 2) for x in load_before],
+            "loadavg_after_timing": [round(x, 2) for x in load_after],
+        },
     }
 
 
@@ -329,8 +383,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny shape, few repeats (smoke test)")
     p.add_argument("--no-compile", action="store_true", help="eager variants only")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32,bf16")
-    p.add_argument("--no-ablate", dest="ablate", action="store_false",
-                   help="skip the extra variant aim_sdpa/bf16/eager (AIM with SDPA instead of its bf16 CPU attention)")
+    p.add_argument(
+        "--no-ablate",
+        dest="ablate",
+        action="store_false",
+        help="skip the extra variant aim_sdpa/bf16/eager (AIM with SDPA instead of its bf16 CPU attention)",
+    )
     for k_ in DEFAULT:
         p.add_argument(f"--{k_.replace('_', '-')}", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")

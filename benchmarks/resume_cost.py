@@ -31,10 +31,15 @@ import yaml
 
 def _experiment(tmp: Path, demo, late: int, batch: int, workers: int, storage: Path, name: str) -> dict:
     return {
-        "name": name, "seed": 0,
+        "name": name,
+        "seed": 0,
         "model": {"preset": "aim-test", "img_size": 16},
-        "data": {"pool": {"uri": demo.pool_uri, "top_fraction": 1.0}, "curated": {"uri": demo.curated_uri},
-                 "max_bad_fraction": 0.2, "decode": {"num_cpus": 0.5, "concurrency": 1}},
+        "data": {
+            "pool": {"uri": demo.pool_uri, "top_fraction": 1.0},
+            "curated": {"uri": demo.curated_uri},
+            "max_bad_fraction": 0.2,
+            "decode": {"num_cpus": 0.5, "concurrency": 1},
+        },
         "optim": {"batch_size": batch, "lr": 2e-3},
         "schedule": {"steps": late + 5, "warmup_fraction": 0.01},
         "scaling": {"num_workers": workers, "cpus_per_worker": 0.5, "threads_per_worker": 1},
@@ -45,8 +50,12 @@ def _experiment(tmp: Path, demo, late: int, batch: int, workers: int, storage: P
 
 
 def _aimctl(path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+    }
     cmd = [sys.executable, "-m", "pipelines.cli", "pretrain", str(path), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
 
@@ -65,8 +74,13 @@ def _train_base(tmp: Path, demo, a) -> Path:
 
 def _checkpoint_alone(base: Path, step: int, dest: Path) -> None:
     """`dest/run/` holding only the checkpoint of `step` (the driver resumes from the newest it finds)."""
-    src = next(p for p in (base / "run").iterdir() if p.name.startswith("checkpoint_") and (p / "meta.json").is_file()
-               and json.loads((p / "meta.json").read_text())["step"] == step)
+    src = next(
+        p
+        for p in (base / "run").iterdir()
+        if p.name.startswith("checkpoint_")
+        and (p / "meta.json").is_file()
+        and json.loads((p / "meta.json").read_text())["step"] == step
+    )
     (dest / "run").mkdir(parents=True)
     shutil.copytree(src, dest / "run" / src.name)
 
@@ -89,8 +103,12 @@ def _resume_once(tmp: Path, demo, a, base: Path, step: int, tag: str) -> dict:
     dropped = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "data/resume_discarded_rows")}
     shutil.rmtree(storage)
     n_dropped = int(dropped.get(step + 1, -1))
-    return {"to_first_step_s": round(first.timestamp / 1000 - t0, 2), "process_s": round(wall, 2),
-            "decoded_and_dropped": n_dropped, "skipped_without_decoding": step * a.batch - n_dropped}
+    return {
+        "to_first_step_s": round(first.timestamp / 1000 - t0, 2),
+        "process_s": round(wall, 2),
+        "decoded_and_dropped": n_dropped,
+        "skipped_without_decoding": step * a.batch - n_dropped,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -115,11 +133,19 @@ def main(argv: list[str] | None = None) -> dict:
             for tag, step in (("early", a.early), ("late", a.late)):
                 runs[tag].append(_resume_once(tmp, demo, a, base, step, f"{tag}{i}"))
     med = {k: round(statistics.median(r["to_first_step_s"] for r in v), 2) for k, v in runs.items()}
-    report = {"benchmark": "resume_cost", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "early_step": a.early, "late_step": a.late, "batch": a.batch, "workers": a.workers,
-              "base_training_s": round(train_s, 1), "runs": runs,
-              "median_to_first_step_s": med, "late_over_early": round(med["late"] / med["early"], 3),
-              "target": "late_over_early <= 1.2 and decoded_and_dropped <= block_rows (256) per worker"}
+    report = {
+        "benchmark": "resume_cost",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "early_step": a.early,
+        "late_step": a.late,
+        "batch": a.batch,
+        "workers": a.workers,
+        "base_training_s": round(train_s, 1),
+        "runs": runs,
+        "median_to_first_step_s": med,
+        "late_over_early": round(med["late"] / med["early"], 3),
+        "target": "late_over_early <= 1.2 and decoded_and_dropped <= block_rows (256) per worker",
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if a.out:

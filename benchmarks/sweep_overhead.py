@@ -37,23 +37,37 @@ import yaml
 
 def _sweep_file(tmp: Path, demo, steps: int, batch: int, probe: bool, workers: int, conc: int | None) -> Path:
     exp = {
-        "name": "overhead", "seed": 0,
+        "name": "overhead",
+        "seed": 0,
         "model": {"preset": "aim-test", "img_size": 16},
-        "data": {"pool": {"uri": demo.pool_uri, "top_fraction": 0.5}, "curated": {"uri": demo.curated_uri},
-                 "max_bad_fraction": 0.2, "decode": {"num_cpus": 0.25, "concurrency": 1}},
+        "data": {
+            "pool": {"uri": demo.pool_uri, "top_fraction": 0.5},
+            "curated": {"uri": demo.curated_uri},
+            "max_bad_fraction": 0.2,
+            "decode": {"num_cpus": 0.25, "concurrency": 1},
+        },
         "optim": {"batch_size": batch, "lr": 2e-2},
         "schedule": {"steps": steps, "warmup_fraction": 0.1},
         "scaling": {"num_workers": workers, "cpus_per_worker": 0.5, "threads_per_worker": 1, "shuffle_buffer": 64},
         "storage": {"path": str(tmp / "runs"), "checkpoint_every": steps},
-        "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": f"overhead-w{workers}",
-                     "log_every": max(1, steps // 10)},
+        "tracking": {
+            "uri": f"sqlite:///{tmp / 'mlflow.db'}",
+            "experiment": f"overhead-w{workers}",
+            "log_every": max(1, steps // 10),
+        },
         "probe": {"enabled": probe, "epochs": 5, "batch_size": 64},
     }
-    spec = {"name": f"overhead-w{workers}", "experiment": exp, "mode": "grid",
-            "resources": {"max_concurrent_trials": conc} if conc else {}, "axes": {
-        "target": {"pixel": {"target.name": "pixel"}, "norm_pixel": {"target.name": "norm_pixel"}},
-        "attention": {"causal": {"model.attention": "causal"}, "prefix": {"model.attention": "prefix"}},
-        "order": {"raster": {"model.order": "raster"}, "spiral": {"model.order": "spiral"}}}}
+    spec = {
+        "name": f"overhead-w{workers}",
+        "experiment": exp,
+        "mode": "grid",
+        "resources": {"max_concurrent_trials": conc} if conc else {},
+        "axes": {
+            "target": {"pixel": {"target.name": "pixel"}, "norm_pixel": {"target.name": "norm_pixel"}},
+            "attention": {"causal": {"model.attention": "causal"}, "prefix": {"model.attention": "prefix"}},
+            "order": {"raster": {"model.order": "raster"}, "spiral": {"model.order": "spiral"}},
+        },
+    }
     path = tmp / f"overhead-w{workers}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -73,10 +87,16 @@ def _trial_times(uri: str, parent: str, steps: int, batch: int) -> list[dict]:
         first_step_s = hist[0].timestamp / 1000 - hist[0].step * batch / hist[0].value
         last = hist[-1].timestamp / 1000
         start, end = run.info.start_time / 1000, run.info.end_time / 1000
-        out.append({"trial": run.data.tags.get("trial"), "train_s": round(train_s, 2),
-                    "startup_s": round(first_step_s - start, 2),
-                    "stall_s": round(last - first_step_s - train_s, 2),
-                    "teardown_s": round(end - last, 2), "run_s": round(end - start, 2)})
+        out.append(
+            {
+                "trial": run.data.tags.get("trial"),
+                "train_s": round(train_s, 2),
+                "startup_s": round(first_step_s - start, 2),
+                "stall_s": round(last - first_step_s - train_s, 2),
+                "teardown_s": round(end - last, 2),
+                "run_s": round(end - start, 2),
+            }
+        )
     return out
 
 
@@ -86,8 +106,7 @@ def _measure(tmp: Path, demo, args, workers: int) -> dict:
     from pipelines.sweep.runner import plan_resources, run_sweep
     from pipelines.sweep.spec import load_sweep
 
-    spec, trials = load_sweep(_sweep_file(tmp, demo, args.steps, args.batch, args.probe, workers,
-                                          args.max_concurrent))
+    spec, trials = load_sweep(_sweep_file(tmp, demo, args.steps, args.batch, args.probe, workers, args.max_concurrent))
     plan = plan_resources(spec, trials, float(ray.cluster_resources().get("CPU", 1)))
     t1 = time.time()
     with contextlib.redirect_stdout(sys.stderr):  # Tune's trial tables: stdout stays one JSON object
@@ -99,13 +118,20 @@ def _measure(tmp: Path, demo, args, workers: int) -> dict:
     conc = plan.max_concurrent
     train = sum(t["train_s"] for t in per_trial)
     busy = sum(t["run_s"] for t in per_trial)
-    med = {k: round(statistics.median(t[k] for t in per_trial), 2)
-           for k in ("train_s", "startup_s", "stall_s", "teardown_s", "run_s")}
+    med = {
+        k: round(statistics.median(t[k] for t in per_trial), 2)
+        for k in ("train_s", "startup_s", "stall_s", "teardown_s", "run_s")
+    }
     return {
-        "num_workers": workers, "trials": len(per_trial), "max_concurrent": conc, "sweep_wall_s": round(wall, 1),
-        "sum_train_s": round(train, 1), "overhead": round(1 - train / (conc * wall), 3),
+        "num_workers": workers,
+        "trials": len(per_trial),
+        "max_concurrent": conc,
+        "sweep_wall_s": round(wall, 1),
+        "sum_train_s": round(train, 1),
+        "overhead": round(1 - train / (conc * wall), 3),
         "outside_trials_s": round(conc * wall - busy, 1),  # Tune start, parent run, gaps between trials
-        "median_per_trial": med, "per_trial": per_trial,
+        "median_per_trial": med,
+        "per_trial": per_trial,
     }
 
 
@@ -114,8 +140,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", default="1,0", help="comma-separated scaling.num_workers values, run in order")
-    ap.add_argument("--max-concurrent", type=int, default=None, help="resources.max_concurrent_trials (default: "
-                                                                      "what the planner fits on the CPUs)")
+    ap.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="resources.max_concurrent_trials (default: what the planner fits on the CPUs)",
+    )
     ap.add_argument("--probe", action="store_true", help="probe each trial too (counted as overhead)")
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -138,14 +168,21 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append(_measure(tmp, demo, args, workers))
         ray.shutdown()
     out = {
-        "benchmark": "sweep_overhead", "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
-        "python": sys.version.split()[0], "steps": args.steps, "batch": args.batch, "probe": args.probe,
-        "ray_start_s": round(ray_start_s, 1), "target_overhead": 0.20,
-        "load_avg_1m": round(os.getloadavg()[0], 2), "runs": runs,
+        "benchmark": "sweep_overhead",
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "python": sys.version.split()[0],
+        "steps": args.steps,
+        "batch": args.batch,
+        "probe": args.probe,
+        "ray_start_s": round(ray_start_s, 1),
+        "target_overhead": 0.20,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "runs": runs,
     }
     if len(runs) > 1:  # the first value is the baseline
-        out["speedup"] = {f"workers={r['num_workers']}": round(runs[0]["sweep_wall_s"] / r["sweep_wall_s"], 2)
-                          for r in runs[1:]}
+        out["speedup"] = {
+            f"workers={r['num_workers']}": round(runs[0]["sweep_wall_s"] / r["sweep_wall_s"], 2) for r in runs[1:]
+        }
     print(json.dumps(out, indent=1))
     return out
 

@@ -32,7 +32,7 @@ ABLATION_STEPS = 100_000
 ASSUMED_TRIALS = 16
 H100_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H100 SXM, bf16 dense tensor-core peak
 # ASSUMPTIONS (prices change; check your provider): per GPU-hour for 8x H100 nodes (p5.48xlarge-class).
-PRICE_ONDEMAND = 6.88   # ~55 USD per node-hour
+PRICE_ONDEMAND = 6.88  # ~55 USD per node-hour
 PRICE_SPOT = 3.00
 
 
@@ -64,9 +64,15 @@ def _trials_from_sweep(path: Path) -> list[dict] | None:
             seen[key]["same_as"].append(t.trial_id)
             by_id[t.trial_id] = seen[key]
             continue
-        row = {"trial": t.trial_id, "seed": t.seed, "preset": cfg.model.preset,
-               "train_flops_per_image": train_flops_per_image(cfg.aim_config()),
-               "sweep_steps": cfg.schedule.steps, "sweep_batch": cfg.optim.batch_size, "same_as": []}
+        row = {
+            "trial": t.trial_id,
+            "seed": t.seed,
+            "preset": cfg.model.preset,
+            "train_flops_per_image": train_flops_per_image(cfg.aim_config()),
+            "sweep_steps": cfg.schedule.steps,
+            "sweep_batch": cfg.optim.batch_size,
+            "same_as": [],
+        }
         seen[key] = by_id[t.trial_id] = row
         out.append(row)
     return out
@@ -86,9 +92,14 @@ def _resolved_key(cfg) -> str:
 def run_cost(flops: float, a: argparse.Namespace) -> dict:
     per_gpu = a.peak_tflops * 1e12 * a.mfu
     gpu_hours = flops / per_gpu / 3600
-    return {"train_flops": flops, "gpu_hours": round(gpu_hours, 1), "node_hours": round(gpu_hours / a.gpus_per_node, 1),
-            "wall_hours": round(gpu_hours / a.gpus_per_trial, 1),
-            "cost_usd_ondemand": round(gpu_hours * a.price_ondemand), "cost_usd_spot": round(gpu_hours * a.price_spot)}
+    return {
+        "train_flops": flops,
+        "gpu_hours": round(gpu_hours, 1),
+        "node_hours": round(gpu_hours / a.gpus_per_node, 1),
+        "wall_hours": round(gpu_hours / a.gpus_per_trial, 1),
+        "cost_usd_ondemand": round(gpu_hours * a.price_ondemand),
+        "cost_usd_spot": round(gpu_hours * a.price_spot),
+    }
 
 
 def estimate(a: argparse.Namespace) -> dict:
@@ -98,8 +109,9 @@ def estimate(a: argparse.Namespace) -> dict:
     sweep = None if a.no_sweep_file else _trials_from_sweep(Path(a.sweep))
     notes = []
     if sweep is None:
-        trials = [{"trial": f"assumed-{i}", "preset": a.preset, "train_flops_per_image": base_fpi}
-                  for i in range(a.trials)]
+        trials = [
+            {"trial": f"assumed-{i}", "preset": a.preset, "train_flops_per_image": base_fpi} for i in range(a.trials)
+        ]
         source = f"assumed: {a.trials} trials of {a.preset} ({a.sweep} not found)"
     else:
         trials = sweep
@@ -109,8 +121,9 @@ def estimate(a: argparse.Namespace) -> dict:
         if len(seeds) > 1:
             source += f" ({len(seeds)} seeds {seeds} x {len(trials) // len(seeds)} per seed)"
         if dup:
-            notes.append(f"{dup} trial(s) resolve to the same run as another (listed under same_as) and are "
-                         "counted once")
+            notes.append(
+                f"{dup} trial(s) resolve to the same run as another (listed under same_as) and are counted once"
+            )
         small = sorted({t["preset"] for t in trials if t["preset"] != a.preset})
         if small:
             notes.append(f"trials use preset(s) {small}, not {a.preset}: costed with their own FLOPs")
@@ -124,22 +137,34 @@ def estimate(a: argparse.Namespace) -> dict:
     slots = [0.0] * concurrent
     for t in per_trial:
         heapq.heappush(slots, heapq.heappop(slots) + t["wall_hours"])
-    grid.update({"trials": len(per_trial), "concurrent_trials": concurrent,
-                 "wall_clock_days": round(max(slots) / 24, 1)})
+    grid.update(
+        {"trials": len(per_trial), "concurrent_trials": concurrent, "wall_clock_days": round(max(slots) / 24, 1)}
+    )
     if sweep is None:  # identical assumed trials: show one
         per_trial = [{**per_trial[0], "trial": "each assumed trial", "count": len(per_trial)}]
     full = run_cost(base_fpi * PAPER_FULL_STEPS * PAPER_BATCH, a)
     return {
         "assumptions": {
-            "model": a.preset, "train_flops_per_image": base_fpi,
-            "ablation_schedule": {"steps": a.steps, "batch_size": a.batch_size,
-                                  "note": "ASSUMPTION: shorter than the paper's 500k-step run"},
+            "model": a.preset,
+            "train_flops_per_image": base_fpi,
+            "ablation_schedule": {
+                "steps": a.steps,
+                "batch_size": a.batch_size,
+                "note": "ASSUMPTION: shorter than the paper's 500k-step run",
+            },
             "trials_source": source,
-            "gpu": "H100 SXM bf16", "peak_tflops_per_gpu": a.peak_tflops, "mfu": a.mfu,
+            "gpu": "H100 SXM bf16",
+            "peak_tflops_per_gpu": a.peak_tflops,
+            "mfu": a.mfu,
             "sustained_tflops_per_gpu": round(a.peak_tflops * a.mfu, 1),
-            "gpus_per_node": a.gpus_per_node, "gpus_per_trial": a.gpus_per_trial, "cluster_nodes": a.nodes,
-            "price_per_gpu_hour_usd": {"ondemand": a.price_ondemand, "spot": a.price_spot,
-                                       "note": "ASSUMPTION: list prices vary by region and date"},
+            "gpus_per_node": a.gpus_per_node,
+            "gpus_per_trial": a.gpus_per_trial,
+            "cluster_nodes": a.nodes,
+            "price_per_gpu_hour_usd": {
+                "ondemand": a.price_ondemand,
+                "spot": a.price_spot,
+                "note": "ASSUMPTION: list prices vary by region and date",
+            },
             "not_counted": "probes, data decode on CPU nodes, storage, the head node, restarts after spot loss",
         },
         "ablation_grid": grid,

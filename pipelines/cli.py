@@ -28,7 +28,9 @@ def _register() -> None:
     app.command("report")(cli_sweep.report)
     from pipelines import cli_submit
 
-    app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(cli_submit.submit)
+    app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+        cli_submit.submit
+    )
     app.add_typer(cli_submit.jobs_app, name="jobs")
 
 

@@ -63,8 +63,14 @@ def user_error(exc: BaseException) -> str | None:
 
             return _scrub(str(e).strip().splitlines()[0])
         failures = getattr(e, "worker_failures", None) or {}
-        todo += [cause, getattr(e, "_base_exc", None), getattr(e, "controller_failure", None),
-                 *failures.values(), e.__cause__, e.__context__]
+        todo += [
+            cause,
+            getattr(e, "_base_exc", None),
+            getattr(e, "controller_failure", None),
+            *failures.values(),
+            e.__cause__,
+            e.__context__,
+        ]
         texts.append(str(e))
     # Ray Data wraps errors raised in its tasks (UserCodeException) and the chain is lost on the way back:
     # only the remote traceback's text still holds the message, as "...DataError: <message>".

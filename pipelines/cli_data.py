@@ -10,10 +10,13 @@ import typer
 
 from pipelines.cli_common import console, fail
 
-app = typer.Typer(help="Data: DFN-style pool + curated set -> selection, mixing, decode/augment on Ray Data.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Data: DFN-style pool + curated set -> selection, mixing, decode/augment on Ray Data.", no_args_is_help=True
+)
 
-EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (default AWS_ENDPOINT_URL)")]
+EndpointOpt = Annotated[
+    str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (default AWS_ENDPOINT_URL)")
+]
 RegionOpt = Annotated[str | None, typer.Option("--region", help="S3 region (default AWS_REGION or us-east-1)")]
 
 
@@ -37,12 +40,20 @@ def _data_error(e: BaseException) -> str | None:
 
 
 @app.command()
-def demo(out: Annotated[str, typer.Option("--out", help="directory or s3://bucket/prefix")],
-         shards: int = typer.Option(4, min=1), per_shard: int = typer.Option(200, min=20),
-         curated_train: int = typer.Option(400, min=10), curated_test: int = typer.Option(100, min=10),
-         size: int = typer.Option(64, min=16, help="pool image size (px, varied aspect); curated is half"),
-         curated_size: int | None = typer.Option(None, min=16, help="curated image size (px, square; default half of --size)"),
-         seed: int = 0, endpoint_url: EndpointOpt = None, region: RegionOpt = None) -> None:
+def demo(
+    out: Annotated[str, typer.Option("--out", help="directory or s3://bucket/prefix")],
+    shards: int = typer.Option(4, min=1),
+    per_shard: int = typer.Option(200, min=20),
+    curated_train: int = typer.Option(400, min=10),
+    curated_test: int = typer.Option(100, min=10),
+    size: int = typer.Option(64, min=16, help="pool image size (px, varied aspect); curated is half"),
+    curated_size: int | None = typer.Option(
+        None, min=16, help="curated image size (px, square; default half of --size)"
+    ),
+    seed: int = 0,
+    endpoint_url: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
     """Write a small pool (WebDataset + metadata Parquet) and curated set (labelled Parquet), generated offline.
 
     The pool has low-score junk, a few corrupt images, a missing image and duplicate uids; OUT/data.yaml
@@ -50,22 +61,36 @@ def demo(out: Annotated[str, typer.Option("--out", help="directory or s3://bucke
     from pipelines.data.demo import write_demo
 
     try:
-        s = write_demo(out, shards=shards, per_shard=per_shard, curated_train=curated_train,
-                       curated_test=curated_test, size=size, seed=seed, curated_size=curated_size,
-                       s3=_s3(endpoint_url, region))
+        s = write_demo(
+            out,
+            shards=shards,
+            per_shard=per_shard,
+            curated_train=curated_train,
+            curated_test=curated_test,
+            size=size,
+            seed=seed,
+            curated_size=curated_size,
+            s3=_s3(endpoint_url, region),
+        )
     except OSError as e:
         fail(_data_error(e) or str(e), code=1)
-    console.print(f"pool: {s.pool_uri} ({s.pool_rows} rows in {shards} shards)\n"
-                  f"curated: {s.curated_uri} ({s.curated_rows})\ndata section: {out.rstrip('/')}/data.yaml")
+    console.print(
+        f"pool: {s.pool_uri} ({s.pool_rows} rows in {shards} shards)\n"
+        f"curated: {s.curated_uri} ({s.curated_rows})\ndata section: {out.rstrip('/')}/data.yaml"
+    )
 
 
 @app.command()
-def convert(src: Annotated[str, typer.Argument(help="labelled Parquet directory (image bytes + label)")],
-            out: Annotated[str, typer.Option("--out", help="directory or s3://bucket/prefix")],
-            as_: Annotated[str, typer.Option("--as", help="pool | curated")],
-            format: Annotated[str, typer.Option("--format", help="curated only: parquet | wds")] = "parquet",
-            shard_size: int = typer.Option(1000, min=1), limit: int | None = typer.Option(None, min=1),
-            endpoint_url: EndpointOpt = None, region: RegionOpt = None) -> None:
+def convert(
+    src: Annotated[str, typer.Argument(help="labelled Parquet directory (image bytes + label)")],
+    out: Annotated[str, typer.Option("--out", help="directory or s3://bucket/prefix")],
+    as_: Annotated[str, typer.Option("--as", help="pool | curated")],
+    format: Annotated[str, typer.Option("--format", help="curated only: parquet | wds")] = "parquet",
+    shard_size: int = typer.Option(1000, min=1),
+    limit: int | None = typer.Option(None, min=1),
+    endpoint_url: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
     """Convert labelled Parquet (e.g. CIFAR-10) into the pool or the curated format.
 
     For a pool, uid, key and caption are derived from the source row, and `dfn_score` / `clip_b32_score`
@@ -84,11 +109,15 @@ def convert(src: Annotated[str, typer.Argument(help="labelled Parquet directory 
 
 
 @app.command()
-def build(experiment: Annotated[Path, typer.Argument(help="experiment YAML (reads data: and seed:)")],
-          manifest: Annotated[str | None, typer.Option("--manifest", help="write the JSON here (path or s3://)")] = None,
-          epoch: int = typer.Option(0, min=0), img_size: int = typer.Option(32, min=8, help="decode check size"),
-          set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. data.mix.pool_probability=0.7")] = None,
-          ) -> None:
+def build(
+    experiment: Annotated[Path, typer.Argument(help="experiment YAML (reads data: and seed:)")],
+    manifest: Annotated[str | None, typer.Option("--manifest", help="write the JSON here (path or s3://)")] = None,
+    epoch: int = typer.Option(0, min=0),
+    img_size: int = typer.Option(32, min=8, help="decode check size"),
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override, e.g. data.mix.pool_probability=0.7")
+    ] = None,
+) -> None:
     """Run selection and mixing for one epoch (decoding every sample) and print the JSON manifest."""
     from pipelines.data.config import DataConfigError, load_data_section
 

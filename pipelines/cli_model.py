@@ -8,8 +8,10 @@ import typer
 
 from pipelines.cli_common import fail
 
-app = typer.Typer(help="Inspect AIM model presets (sizes, FLOPs); import / export Apple's published AIM weights.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect AIM model presets (sizes, FLOPs); import / export Apple's published AIM weights.",
+    no_args_is_help=True,
+)
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -31,9 +33,11 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 @app.command("info")
-def info(preset: str = typer.Argument(..., help="preset name, e.g. aim-600m or aim-tiny"),
-         set_: list[str] = typer.Option([], "--set", help="override a model field, e.g. --set depth=12"),
-         as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+def info(
+    preset: str = typer.Argument(..., help="preset name, e.g. aim-600m or aim-tiny"),
+    set_: list[str] = typer.Option([], "--set", help="override a model field, e.g. --set depth=12"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
     """Parameter counts (trunk, head) and FLOPs per image, computed on the meta device."""
     import dataclasses
 
@@ -47,10 +51,16 @@ def info(preset: str = typer.Argument(..., help="preset name, e.g. aim-600m or a
     except (ValueError, TypeError) as e:
         fail(str(e))
     counts, flops = model.param_counts(), model.flops_per_image()
-    out = {"preset": preset, "params_trunk": counts["trunk"], "params_head": counts["head"],
-           "params_total": counts["total"], "flops_per_image": flops["forward"],
-           "train_flops_per_image": flops["train"], "num_patches": model.config.num_patches,
-           "config": dataclasses.asdict(model.config)}
+    out = {
+        "preset": preset,
+        "params_trunk": counts["trunk"],
+        "params_head": counts["head"],
+        "params_total": counts["total"],
+        "flops_per_image": flops["forward"],
+        "train_flops_per_image": flops["train"],
+        "num_patches": model.config.num_patches,
+        "config": dataclasses.asdict(model.config),
+    }
     if as_json:
         print(json.dumps(out))
         return
@@ -78,21 +88,35 @@ _IMPORT_HELP = (
     "Apple's ml-aim (v1) weights -> a checkpoint directory (state.pt + meta.json) for `aimctl probe --checkpoint`."
     "\n\nThe trunk is imported under this project's names (nothing is transposed); the attentive probe head, "
     "when given (or inside SRC), is kept in the checkpoint as it came. Probe it with an experiment whose "
-    "model.preset is the preset printed here: `aimctl probe EXPERIMENT.yaml --checkpoint OUT`.")
+    "model.preset is the preset printed here: `aimctl probe EXPERIMENT.yaml --checkpoint OUT`."
+)
 _EXPORT_HELP = (
     "A checkpoint's trunk -> Apple's ml-aim layout (loads into `aim.v1.torch.models.aim_*` as the backbone)."
     "\n\nTrunk only: the pre-training head and the target's buffers have no place in Apple's layout. Apple's "
-    "LayerNorms use eps 1e-6: a trunk trained with another model.norm_eps computes slightly different features there.")
+    "LayerNorms use eps 1e-6: a trunk trained with another model.norm_eps computes slightly different features there."
+)
 
 
 @app.command("import", help=_IMPORT_HELP)
-def import_(src: str = typer.Argument(..., help="Apple's backbone weights, .pth or .safetensors, local or s3://, e.g. "
-                                    "aim_600m_2bimgs_attnprobe_backbone.pth"),
-            out: str = typer.Option(..., "--out", help="checkpoint directory to write (local or s3://)"),
-            preset: str = typer.Option(None, "--preset", help="preset the weights must fit (default: inferred from "
-                                       "the shapes: width, depth, patch, MLP ratio)"),
-            head: str = typer.Option(None, "--head", help="Apple's attentive-probe head file to keep with the trunk, "
-                                     "e.g. aim_600m_2bimgs_attnprobe_head_best_layers.pth")) -> None:
+def import_(
+    src: str = typer.Argument(
+        ...,
+        help="Apple's backbone weights, .pth or .safetensors, local or s3://, e.g. "
+        "aim_600m_2bimgs_attnprobe_backbone.pth",
+    ),
+    out: str = typer.Option(..., "--out", help="checkpoint directory to write (local or s3://)"),
+    preset: str = typer.Option(
+        None,
+        "--preset",
+        help="preset the weights must fit (default: inferred from the shapes: width, depth, patch, MLP ratio)",
+    ),
+    head: str = typer.Option(
+        None,
+        "--head",
+        help="Apple's attentive-probe head file to keep with the trunk, "
+        "e.g. aim_600m_2bimgs_attnprobe_head_best_layers.pth",
+    ),
+) -> None:
     from pipelines.data.storage import StorageError
     from pipelines.model_io import CheckpointError, import_ml_aim
 
@@ -102,16 +126,23 @@ def import_(src: str = typer.Argument(..., help="Apple's backbone weights, .pth 
         fail(str(e))
     probe = f", attentive probe head ({res.probe_classes} classes) kept" if res.probe_classes else ""
     print(f"imported {src} as {res.preset} ({res.tensors} trunk tensors{probe}) -> {res.out}")
-    print(f"probe it with an experiment whose model.preset is {res.preset}: aimctl probe EXPERIMENT.yaml "
-          f"--checkpoint {res.out}")
+    print(
+        f"probe it with an experiment whose model.preset is {res.preset}: aimctl probe EXPERIMENT.yaml "
+        f"--checkpoint {res.out}"
+    )
 
 
 @app.command("export", help=_EXPORT_HELP)
-def export(ckpt: str = typer.Argument(..., help="checkpoint directory (a run's checkpoint_* or an imported one)"),
-           fmt: str = typer.Option("ml-aim", "--format", help="output layout; only ml-aim (Apple's apple/ml-aim v1)"),
-           out: str = typer.Option(..., "--out", help="file to write: .pth (torch.save) or .safetensors, local or s3://"),
-           head_out: str = typer.Option(None, "--head-out", help="also write the attentive probe head that an "
-                                        "imported checkpoint kept, as Apple's head file")) -> None:
+def export(
+    ckpt: str = typer.Argument(..., help="checkpoint directory (a run's checkpoint_* or an imported one)"),
+    fmt: str = typer.Option("ml-aim", "--format", help="output layout; only ml-aim (Apple's apple/ml-aim v1)"),
+    out: str = typer.Option(..., "--out", help="file to write: .pth (torch.save) or .safetensors, local or s3://"),
+    head_out: str = typer.Option(
+        None,
+        "--head-out",
+        help="also write the attentive probe head that an imported checkpoint kept, as Apple's head file",
+    ),
+) -> None:
     from pipelines.data.storage import StorageError
     from pipelines.model_io import CheckpointError, export_ml_aim
 
@@ -123,7 +154,9 @@ def export(ckpt: str = typer.Argument(..., help="checkpoint directory (a run's c
         fail(str(e))
     print(f"exported {res.tensors} trunk tensors of {ckpt} in ml-aim layout -> {res.out}")
     groups = ", ".join(sorted({k.split(".")[0] + ".*" for k in res.left_out})) or "none in this checkpoint"
-    print(f"trunk only: the pre-training head has no place in Apple's layout (left out: {len(res.left_out)} "
-          f"tensors, {groups})")
+    print(
+        f"trunk only: the pre-training head has no place in Apple's layout (left out: {len(res.left_out)} "
+        f"tensors, {groups})"
+    )
     if res.probe_out:
         print(f"attentive probe head -> {res.probe_out}")

@@ -36,19 +36,32 @@ def _client_or_fail(address: str):
         fail(f"cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0]}", code=1)
 
 
-def submit(ctx: typer.Context,
-           command: list[str] = typer.Argument(None, metavar="-- COMMAND...",
-                                               help="the aimctl command to run on the cluster, after `--`"),
-           address: str = typer.Option(None, "--address", envvar=ADDRESS_ENV, help=ADDRESS_HELP),
-           follow: bool = typer.Option(False, "--follow", "-f", help="stream the job's logs until it ends; exit 1 unless it succeeded"),
-           env: list[str] = typer.Option([], "--env", help="also pass NAME (from your environment) or NAME=VALUE to the job (repeatable; credentials are refused)"),
-           python: str = typer.Option("python", "--python", help="the Python on the cluster's nodes"),
-           driver_resource: str = typer.Option("auto", "--driver-resource",
-                                               help="custom resource the job's driver requests (1 unit): 'auto' = "
-                                                    "TRAIN_DRIVER when the cluster has it; '' for none"),
-           dry_run: bool = typer.Option(False, "--dry-run", help="print the job that would be submitted (JSON) and exit"),
-           ) -> None:
-    """Run any aimctl command as a Ray job on a cluster: `aimctl submit --address http://HEAD:8265 -- pretrain exp.yaml`.
+def submit(
+    ctx: typer.Context,
+    command: list[str] = typer.Argument(
+        None, metavar="-- COMMAND...", help="the aimctl command to run on the cluster, after `--`"
+    ),
+    address: str = typer.Option(None, "--address", envvar=ADDRESS_ENV, help=ADDRESS_HELP),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="stream the job's logs until it ends; exit 1 unless it succeeded"
+    ),
+    env: list[str] = typer.Option(
+        [],
+        "--env",
+        help="also pass NAME (from your environment) or NAME=VALUE to the job (repeatable; credentials are refused)",
+    ),
+    python: str = typer.Option("python", "--python", help="the Python on the cluster's nodes"),
+    driver_resource: str = typer.Option(
+        "auto",
+        "--driver-resource",
+        help="custom resource the job's driver requests (1 unit): 'auto' = "
+        "TRAIN_DRIVER when the cluster has it; '' for none",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the job that would be submitted (JSON) and exit"),
+) -> None:
+    """Run any aimctl command as a Ray job on a cluster.
+
+    Example: `aimctl submit --address http://HEAD:8265 -- pretrain exp.yaml`.
 
     The project directory is uploaded as the job's working directory; MLFLOW_TRACKING_URI, the S3 endpoint
     and the region are passed on; credentials never are. The submission id is printed (and is the same
@@ -59,8 +72,12 @@ def submit(ctx: typer.Context,
     argv = list(command or []) + list(ctx.args)
     address = _address(address)
     try:
-        req = build_request(argv, extra_env=env, python=python,
-                            driver_resource=None if driver_resource == "auto" else (driver_resource or None))
+        req = build_request(
+            argv,
+            extra_env=env,
+            python=python,
+            driver_resource=None if driver_resource == "auto" else (driver_resource or None),
+        )
     except SubmitError as e:
         fail(str(e))
     if driver_resource == "auto" and not dry_run:
@@ -73,10 +90,24 @@ def submit(ctx: typer.Context,
     for w in req.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if dry_run:
-        print(redact(json.dumps({"submission_id_prefix": req.base_id, "entrypoint": req.entrypoint,
-                                 "entrypoint_resources": (req.entrypoint_resources if driver_resource != "auto" else
-                                                          "auto: {TRAIN_DRIVER: 1} if the cluster advertises it"),
-                                 "runtime_env": req.runtime_env, "metadata": req.metadata}, indent=1)))
+        print(
+            redact(
+                json.dumps(
+                    {
+                        "submission_id_prefix": req.base_id,
+                        "entrypoint": req.entrypoint,
+                        "entrypoint_resources": (
+                            req.entrypoint_resources
+                            if driver_resource != "auto"
+                            else "auto: {TRAIN_DRIVER: 1} if the cluster advertises it"
+                        ),
+                        "runtime_env": req.runtime_env,
+                        "metadata": req.metadata,
+                    },
+                    indent=1,
+                )
+            )
+        )
         return
     from pipelines.submit import submit as do_submit
 
@@ -91,8 +122,11 @@ def submit(ctx: typer.Context,
     console.print(f"[green]submitted[/] {sid}: {redact(req.entrypoint)}", highlight=False, soft_wrap=True)
     print(sid)
     if not follow:
-        console.print(f"follow: aimctl jobs logs {sid} --follow --address {address}   stop: aimctl jobs stop {sid}",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"follow: aimctl jobs logs {sid} --follow --address {address}   stop: aimctl jobs stop {sid}",
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     _follow_and_exit(address, sid)
 
@@ -103,9 +137,11 @@ def _follow_and_exit(address: str, sid: str) -> None:
     try:
         status = do_follow(address, sid, write=print)
     except KeyboardInterrupt:
-        console.print(f"\nstopped following; the job goes on. Stop it with: aimctl jobs stop {sid} --address {address}",
-                      highlight=False)
-        raise typer.Exit(130)
+        console.print(
+            f"\nstopped following; the job goes on. Stop it with: aimctl jobs stop {sid} --address {address}",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
     colour = "green" if status == "SUCCEEDED" else "red"
     console.print(f"[{colour}]{sid}: {status}[/]", highlight=False)
     if status != "SUCCEEDED":
@@ -113,10 +149,12 @@ def _follow_and_exit(address: str, sid: str) -> None:
 
 
 @jobs_app.command("list")
-def list_jobs(address: str = typer.Option(None, "--address", envvar=ADDRESS_ENV, help=ADDRESS_HELP),
-              prefix: str = typer.Option("", "--prefix", help="only ids starting with this (e.g. an id without its -<n>)"),
-              all_jobs: bool = typer.Option(False, "--all", help="include jobs not submitted by aimctl"),
-              as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+def list_jobs(
+    address: str = typer.Option(None, "--address", envvar=ADDRESS_ENV, help=ADDRESS_HELP),
+    prefix: str = typer.Option("", "--prefix", help="only ids starting with this (e.g. an id without its -<n>)"),
+    all_jobs: bool = typer.Option(False, "--all", help="include jobs not submitted by aimctl"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
     """The cluster's jobs, newest first."""
     from pipelines.submit import redact
 
@@ -127,8 +165,16 @@ def list_jobs(address: str = typer.Option(None, "--address", envvar=ADDRESS_ENV,
         sid = j.submission_id or j.job_id or ""
         if not sid.startswith(prefix) or (not all_jobs and not sid.startswith("aim-")):
             continue
-        rows.append({"submission_id": sid, "status": str(j.status.value), "entrypoint": redact(j.entrypoint or ""),
-                     "start_time": j.start_time, "end_time": j.end_time, "message": redact(j.message or "")})
+        rows.append(
+            {
+                "submission_id": sid,
+                "status": str(j.status.value),
+                "entrypoint": redact(j.entrypoint or ""),
+                "start_time": j.start_time,
+                "end_time": j.end_time,
+                "message": redact(j.message or ""),
+            }
+        )
     if as_json:
         print(json.dumps(rows))
         return
@@ -151,8 +197,10 @@ def _fmt_time(ms: int | None) -> str:
 
 
 @jobs_app.command("status")
-def status(submission_id: str = typer.Argument(..., help="submission id printed by aimctl submit"),
-           address: str = typer.Option(None, "--address", envvar=ADDRESS_ENV, help=ADDRESS_HELP)) -> None:
+def status(
+    submission_id: str = typer.Argument(..., help="submission id printed by aimctl submit"),
+    address: str = typer.Option(None, "--address", envvar=ADDRESS_ENV, help=ADDRESS_HELP),
+) -> None:
     """One job's status and message (JSON)."""
     from pipelines.submit import redact
 
@@ -163,15 +211,27 @@ def status(submission_id: str = typer.Argument(..., help="submission id printed 
         raise
     except RuntimeError as e:
         fail(redact(str(e).splitlines()[0]), code=1)
-    print(json.dumps({"submission_id": j.submission_id, "status": str(j.status.value),
-                      "entrypoint": redact(j.entrypoint or ""), "message": redact(j.message or ""),
-                      "metadata": j.metadata, "start_time": j.start_time, "end_time": j.end_time}))
+    print(
+        json.dumps(
+            {
+                "submission_id": j.submission_id,
+                "status": str(j.status.value),
+                "entrypoint": redact(j.entrypoint or ""),
+                "message": redact(j.message or ""),
+                "metadata": j.metadata,
+                "start_time": j.start_time,
+                "end_time": j.end_time,
+            }
+        )
+    )
 
 
 @jobs_app.command("logs")
-def logs(submission_id: str = typer.Argument(..., help="submission id printed by aimctl submit"),
-         address: str = typer.Option(None, "--address", envvar=ADDRESS_ENV, help=ADDRESS_HELP),
-         follow: bool = typer.Option(False, "--follow", "-f", help="stream until the job ends; exit 1 unless it succeeded")) -> None:
+def logs(
+    submission_id: str = typer.Argument(..., help="submission id printed by aimctl submit"),
+    address: str = typer.Option(None, "--address", envvar=ADDRESS_ENV, help=ADDRESS_HELP),
+    follow: bool = typer.Option(False, "--follow", "-f", help="stream until the job ends; exit 1 unless it succeeded"),
+) -> None:
     """A job's logs (credential values from your environment are masked)."""
     from pipelines.submit import redact
 
@@ -188,9 +248,11 @@ def logs(submission_id: str = typer.Argument(..., help="submission id printed by
 
 
 @jobs_app.command("stop")
-def stop(submission_id: str = typer.Argument(..., help="submission id printed by aimctl submit"),
-         address: str = typer.Option(None, "--address", envvar=ADDRESS_ENV, help=ADDRESS_HELP),
-         wait_s: float = typer.Option(30.0, "--wait", help="seconds to wait for it to stop (0: don't wait)")) -> None:
+def stop(
+    submission_id: str = typer.Argument(..., help="submission id printed by aimctl submit"),
+    address: str = typer.Option(None, "--address", envvar=ADDRESS_ENV, help=ADDRESS_HELP),
+    wait_s: float = typer.Option(30.0, "--wait", help="seconds to wait for it to stop (0: don't wait)"),
+) -> None:
     """Stop a running job (pretrain resumes from its last checkpoint when submitted again)."""
     from pipelines.submit import redact, wait
 

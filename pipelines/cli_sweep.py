@@ -9,12 +9,15 @@ import typer
 from pipelines.cli_common import console, fail
 
 
-def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML, e.g. experiments/ablations/cifar10-cpu.yaml"),
-          resume: bool = typer.Option(False, "--resume", help="restore the sweep and finish unfinished/failed trials"),
-          dry_run: bool = typer.Option(False, "--dry-run", help="print the trial table and resources; run nothing"),
-          address: str = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster address"),
-          cluster_cpus: float = typer.Option(None, "--cluster-cpus", help="plan for this many CPUs (dry run; default: the cluster's)"),
-          ) -> None:
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="sweep YAML, e.g. experiments/ablations/cifar10-cpu.yaml"),
+    resume: bool = typer.Option(False, "--resume", help="restore the sweep and finish unfinished/failed trials"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the trial table and resources; run nothing"),
+    address: str = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster address"),
+    cluster_cpus: float = typer.Option(
+        None, "--cluster-cpus", help="plan for this many CPUs (dry run; default: the cluster's)"
+    ),
+) -> None:
     """Run an ablation sweep on Ray Tune: pre-train + probe per trial, tracked as MLflow child runs."""
     from pipelines.config import ConfigError
     from pipelines.sweep.spec import load_sweep
@@ -45,8 +48,11 @@ def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML, e.g. experime
 
     results, uri, parent = run_sweep(spec, plan, resume=resume)
     errors = len(results.errors)
-    console.print(f"[green]sweep[/] {spec.name}: {len(results) - errors} trial(s) done, {errors} failed; "
-                  f"parent MLflow run {parent}. Next: aimctl report {spec.name}", highlight=False)
+    console.print(
+        f"[green]sweep[/] {spec.name}: {len(results) - errors} trial(s) done, {errors} failed; "
+        f"parent MLflow run {parent}. Next: aimctl report {spec.name}",
+        highlight=False,
+    )
     if errors:
         raise typer.Exit(1)
 
@@ -55,29 +61,43 @@ def _print_plan(spec, trials, plan) -> None:
     from rich.table import Table
 
     seeds = spec.seeds or [trials[0].seed]
-    t = Table(title=f"sweep {spec.name} ({spec.mode}): {len(plan.trials)} trial(s) to run "
-                    f"({len(seeds)} seed(s): {', '.join(map(str, seeds))}; {len(trials)} planned), "
-                    f"{plan.max_concurrent} at a time on {plan.cluster_cpus:g} CPUs")
+    t = Table(
+        title=f"sweep {spec.name} ({spec.mode}): {len(plan.trials)} trial(s) to run "
+        f"({len(seeds)} seed(s): {', '.join(map(str, seeds))}; {len(trials)} planned), "
+        f"{plan.max_concurrent} at a time on {plan.cluster_cpus:g} CPUs"
+    )
     for col in ("trial", "axis", "value", "seed", "run name", "steps", "note"):
         t.add_column(col, overflow="fold")
     for tr in trials:
         note = f"same as {tr.duplicate_of}" if tr.duplicate_of else ""
         t.add_row(tr.trial_id, tr.axis, tr.value, str(tr.seed), tr.config.name, str(tr.config.schedule.steps), note)
     console.print(t)
-    console.print(f"resources per trial: driver {plan.cpus_per_trial:g} CPU + {plan.workers_per_trial} worker(s) x "
-                  f"{plan.cpus_per_worker:g} CPU; max_concurrent_trials={plan.max_concurrent}", highlight=False)
+    console.print(
+        f"resources per trial: driver {plan.cpus_per_trial:g} CPU + {plan.workers_per_trial} worker(s) x "
+        f"{plan.cpus_per_worker:g} CPU; max_concurrent_trials={plan.max_concurrent}",
+        highlight=False,
+    )
 
 
-def report(sweep: str = typer.Argument(..., help="sweep name or the parent MLflow run id"),
-           out: Path = typer.Option(None, "--out", help="output directory (default reports/<sweep>)"),
-           tracking_uri: str = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow URI"),
-           experiment: str = typer.Option(None, "--experiment", help="MLflow experiment to search (default: all)")) -> None:
+def report(
+    sweep: str = typer.Argument(..., help="sweep name or the parent MLflow run id"),
+    out: Path = typer.Option(None, "--out", help="output directory (default reports/<sweep>)"),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow URI"),
+    experiment: str = typer.Option(None, "--experiment", help="MLflow experiment to search (default: all)"),
+) -> None:
     """Write the paper-style ablation table (Markdown + HTML) and charts; log them on the sweep's run."""
     from rich.table import Table
 
     from pipelines import tracking
-    from pipelines.sweep.report import (HEADER, TEST_NOTE, VERDICT_HEADER, axis_verdicts, table_rows, verdict_rows,
-                                        write_report)
+    from pipelines.sweep.report import (
+        HEADER,
+        TEST_NOTE,
+        VERDICT_HEADER,
+        axis_verdicts,
+        table_rows,
+        verdict_rows,
+        write_report,
+    )
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     try:
@@ -97,5 +117,8 @@ def report(sweep: str = typer.Argument(..., help="sweep name or the parent MLflo
         v.add_row(*r)
     console.print(v)
     console.print(TEST_NOTE, highlight=False)
-    console.print(f"report: {where / 'report.html'} (and report.md, PNG charts)\n"
-                  f"browse runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000", highlight=False)
+    console.print(
+        f"report: {where / 'report.html'} (and report.md, PNG charts)\n"
+        f"browse runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000",
+        highlight=False,
+    )

@@ -36,8 +36,11 @@ class ModelSection(Strict):
     depth: int | None = Field(None, gt=0)
     num_heads: int | None = Field(None, gt=0)
     mlp_ratio: float | None = Field(None, gt=0)
-    norm_eps: float | None = Field(None, gt=0, description="LayerNorm eps (default 1e-6 as in ml-aim; 1e-5 for "
-                                   "checkpoints trained before the change)")
+    norm_eps: float | None = Field(
+        None,
+        gt=0,
+        description="LayerNorm eps (default 1e-6 as in ml-aim; 1e-5 for checkpoints trained before the change)",
+    )
     head: Literal["none", "mlp", "transformer"] | None = None
     head_width: int | None = Field(None, gt=0)
     head_depth: int | None = Field(None, ge=0)
@@ -94,9 +97,13 @@ class ScheduleSection(Strict):
 
 
 class ScalingSection(Strict):
-    num_workers: int = Field(1, ge=0, description="Ray Train workers (processes), each with its share of the batch; "
-                             "0 trains in the calling process (Ray Train local mode: no worker group to start, "
-                             "no worker retries; for small runs and sweeps of them)")
+    num_workers: int = Field(
+        1,
+        ge=0,
+        description="Ray Train workers (processes), each with its share of the batch; "
+        "0 trains in the calling process (Ray Train local mode: no worker group to start, "
+        "no worker retries; for small runs and sweeps of them)",
+    )
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0)
@@ -105,25 +112,38 @@ class ScalingSection(Strict):
     compile: bool = False
     max_failures: int = Field(2, ge=0)
     threads_per_worker: int | None = Field(None, gt=0)
-    shuffle_buffer: int = Field(256, ge=0, description=(
-        "rows per worker shuffled together: each window of this many rows of a worker's stream is permuted by "
-        "a seed of its position, so a resume decodes at most this many rows again (0: no shuffle)"))
+    shuffle_buffer: int = Field(
+        256,
+        ge=0,
+        description=(
+            "rows per worker shuffled together: each window of this many rows of a worker's stream is permuted by "
+            "a seed of its position, so a resume decodes at most this many rows again (0: no shuffle)"
+        ),
+    )
 
 
 class StorageSection(Strict):
     path: str = Field("runs", description="local directory or s3://bucket/prefix for checkpoints")
     checkpoint_every: int = Field(100, gt=0)
     keep: int = Field(2, gt=0)
-    sharded: Literal["auto"] | bool = Field("auto", description="FSDP checkpoints as per-rank shards "
-                                             "(torch.distributed.checkpoint) instead of one full state gathered "
-                                             "on rank 0: auto = when the model has >= sharded_min_params "
-                                             "parameters; DDP always writes full checkpoints")
-    sharded_min_params: int = Field(300_000_000, ge=0, description="the model size from which `sharded: auto` "
-                                    "shards (default parallel.FSDP_MIN_PARAMS)")
+    sharded: Literal["auto"] | bool = Field(
+        "auto",
+        description="FSDP checkpoints as per-rank shards "
+        "(torch.distributed.checkpoint) instead of one full state gathered "
+        "on rank 0: auto = when the model has >= sharded_min_params "
+        "parameters; DDP always writes full checkpoints",
+    )
+    sharded_min_params: int = Field(
+        300_000_000,
+        ge=0,
+        description="the model size from which `sharded: auto` shards (default parallel.FSDP_MIN_PARAMS)",
+    )
 
 
 class TrackingSection(Strict):
-    uri: str | None = Field(None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db"
+    )
     experiment: str = "aim"
     log_every: int = Field(10, gt=0)
     enabled: bool = True
@@ -165,7 +185,7 @@ class ExperimentConfig(Strict):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ExperimentConfig":
+    def _consistent(self) -> ExperimentConfig:
         try:
             self.aim_config()
         except ValueError as e:  # resolve_config names the field first: "num_heads: ..."
@@ -173,18 +193,26 @@ class ExperimentConfig(Strict):
             raise ValueError(f"model.{field}: {msg}") from None
         workers = self.scaling.num_workers
         if workers == 0 and self.scaling.strategy == "fsdp":
-            raise ValueError("scaling.strategy: fsdp shards over a worker group; use num_workers >= 1 (0 trains in "
-                             "one process)")
+            raise ValueError(
+                "scaling.strategy: fsdp shards over a worker group; use num_workers >= 1 (0 trains in one process)"
+            )
         if self.optim.batch_size % max(workers, 1):
-            raise ValueError(f"optim.batch_size: {self.optim.batch_size} is not divisible by scaling.num_workers={workers}")
+            raise ValueError(
+                f"optim.batch_size: {self.optim.batch_size} is not divisible by scaling.num_workers={workers}"
+            )
         return self
 
     def aim_config(self):
         from aim_core.presets import resolve_config
 
         t = self.target
-        return resolve_config(self.model.preset, target=t.name, num_clusters=t.num_clusters,
-                              dvae_vocab=t.dvae_vocab, **self.model.overrides())
+        return resolve_config(
+            self.model.preset,
+            target=t.name,
+            num_clusters=t.num_clusters,
+            dvae_vocab=t.dvae_vocab,
+            **self.model.overrides(),
+        )
 
     @property
     def run_name(self) -> str:
@@ -236,7 +264,11 @@ def absolutize(cfg: ExperimentConfig) -> ExperimentConfig:
     cfg.data.pool.uri = _absolute(cfg.data.pool.uri)
     cfg.data.curated.uri = _absolute(cfg.data.curated.uri)
     cfg.probe.data = _absolute(cfg.probe.data)
-    if cfg.tracking.uri and cfg.tracking.uri.startswith("sqlite:///") and not cfg.tracking.uri.startswith("sqlite:////"):
+    if (
+        cfg.tracking.uri
+        and cfg.tracking.uri.startswith("sqlite:///")
+        and not cfg.tracking.uri.startswith("sqlite:////")
+    ):
         cfg.tracking.uri = "sqlite:///" + str(Path(cfg.tracking.uri.removeprefix("sqlite:///")).resolve())
     return cfg
 

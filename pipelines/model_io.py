@@ -24,8 +24,16 @@ from aim_core.presets import AIMConfig, resolve_config
 from pipelines.data.config import S3Config
 from pipelines.train.checkpoint import META_FILE, STATE_FILE
 
-__all__ = ["CheckpointError", "ImportResult", "ExportResult", "read_weights", "import_ml_aim", "export_ml_aim",
-           "load_weights", "TRUNK_ONLY"]
+__all__ = [
+    "CheckpointError",
+    "ImportResult",
+    "ExportResult",
+    "read_weights",
+    "import_ml_aim",
+    "export_ml_aim",
+    "load_weights",
+    "TRUNK_ONLY",
+]
 
 TRUNK_ONLY = "trunk_only"  # state.pt flag: "model" holds the trunk only (no pre-training head, no target)
 _SHAPE_FIELDS = ("patch_size", "width", "depth", "num_heads", "mlp_ratio", "norm_eps")
@@ -98,8 +106,9 @@ def read_weights(uri: str, s3: S3Config | None = None) -> dict[str, torch.Tensor
         return {k: v.clone() for k, v in _load_local(local, uri).items()}  # clone: off the temp file's mmap
 
 
-def _check_shapes(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], name: Callable[[str], str | None],
-                  what: str) -> None:
+def _check_shapes(
+    expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], name: Callable[[str], str | None], what: str
+) -> None:
     """CheckpointError naming the first missing, unexpected or mis-shaped key (`name` renders a key)."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
@@ -163,8 +172,12 @@ def _write_checkpoint(out: str, payload: dict, meta: dict, s3: S3Config | None) 
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(payload, Path(tmp, STATE_FILE))
         try:
-            pafs.copy_files(str(Path(tmp, STATE_FILE)), f"{path}/{STATE_FILE}",
-                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+            pafs.copy_files(
+                str(Path(tmp, STATE_FILE)),
+                f"{path}/{STATE_FILE}",
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=fs,
+            )
         except OSError as e:
             raise storage_error(e, fs, f"{path}/{STATE_FILE}", "writing") from None
     write_bytes(fs, f"{path}/{META_FILE}", json.dumps(meta).encode())
@@ -173,16 +186,24 @@ def _write_checkpoint(out: str, payload: dict, meta: dict, s3: S3Config | None) 
 
 def _payload(cfg: AIMConfig, preset: str, trunk: dict, probe: dict | None, src: str) -> dict:
     """state.pt of an imported checkpoint: the trunk in our names, its config, the probe head if any."""
-    payload = {"model": {k: v.contiguous() for k, v in trunk.items()}, TRUNK_ONLY: True, "step": 0, "epoch": 0,
-               "batches_in_epoch": 0, "model_config": ml_aim.config_fields(cfg), "preset": preset,
-               "imported_from": {"format": "ml-aim", "uri": src}}
+    payload = {
+        "model": {k: v.contiguous() for k, v in trunk.items()},
+        TRUNK_ONLY: True,
+        "step": 0,
+        "epoch": 0,
+        "batches_in_epoch": 0,
+        "model_config": ml_aim.config_fields(cfg),
+        "preset": preset,
+        "imported_from": {"format": "ml-aim", "uri": src},
+    }
     if probe is not None:  # kept as it came (trained on Apple's blocks); `aimctl probe` trains its own
         payload["attentive_probe"] = {k: v.contiguous() for k, v in probe.items()}
     return payload
 
 
-def import_ml_aim(src: str, out: str, preset: str | None = None, head: str | None = None,
-                  s3: S3Config | None = None) -> ImportResult:
+def import_ml_aim(
+    src: str, out: str, preset: str | None = None, head: str | None = None, s3: S3Config | None = None
+) -> ImportResult:
     """Apple's backbone `src` (+ its attentive-probe `head` file, if given) -> checkpoint directory `out`."""
     state = read_weights(src, s3)
     if head is not None:
@@ -257,8 +278,11 @@ def export_ml_aim(ckpt: str, out: str, head_out: str | None = None, s3: S3Config
 
 
 def _config_differences(saved: dict, cfg: AIMConfig) -> list[str]:
-    return [f"{f} {getattr(cfg, f)} (checkpoint: {saved[f]})" for f in _SHAPE_FIELDS
-            if f in saved and getattr(cfg, f) != saved[f]]
+    return [
+        f"{f} {getattr(cfg, f)} (checkpoint: {saved[f]})"
+        for f in _SHAPE_FIELDS
+        if f in saved and getattr(cfg, f) != saved[f]
+    ]
 
 
 def load_weights(model: AIM, state: dict, where: str) -> None:
@@ -268,9 +292,11 @@ def load_weights(model: AIM, state: dict, where: str) -> None:
     if saved is not None:
         diff = _config_differences(saved, model.config)
         if diff:
-            raise CheckpointError(f"checkpoint {where} holds {state.get('preset', 'another model')}; the experiment's "
-                                  f"model differs: {'; '.join(diff)} (set model.preset: {state.get('preset')} and "
-                                  "drop the shape overrides)")
+            raise CheckpointError(
+                f"checkpoint {where} holds {state.get('preset', 'another model')}; the experiment's "
+                f"model differs: {'; '.join(diff)} (set model.preset: {state.get('preset')} and "
+                "drop the shape overrides)"
+            )
     weights, trunk_only = state["model"], bool(state.get(TRUNK_ONLY))
     expected = {k: v for k, v in model.state_dict().items() if not trunk_only or ml_aim.is_trunk_key(k)}
     what = f"checkpoint {where} does not fit the experiment's model"

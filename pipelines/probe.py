@@ -25,8 +25,7 @@ class ProbeResult:
 
 
 @torch.no_grad()
-def extract(model: AIM, images: torch.Tensor, blocks: list[int], batch_size: int = 256,
-            progress=None) -> torch.Tensor:
+def extract(model: AIM, images: torch.Tensor, blocks: list[int], batch_size: int = 256, progress=None) -> torch.Tensor:
     """Features (N, K, d) in bf16 on the CPU to halve memory (computed once: the probes' feature cache), by
     the model on its own device (the GPU when `probe_checkpoint` put it there)."""
     model.eval()
@@ -45,8 +44,15 @@ def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int, w
         g["lr"] = lr
 
 
-def train_probe(probe: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                test_y: torch.Tensor, cfg: ProbeSection, seed: int = 0) -> float:
+def train_probe(
+    probe: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    cfg: ProbeSection,
+    seed: int = 0,
+) -> float:
     """AdamW + warmup/cosine on cached features; returns top-1 (%) on the test features."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -59,7 +65,7 @@ def train_probe(probe: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=gen)
         for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             _cosine_lr(opt, cfg.lr, step, total, warmup=max(1, total // 20))
             loss = F.cross_entropy(probe(train_x[idx].float()), train_y[idx])
             opt.zero_grad(set_to_none=True)
@@ -72,7 +78,9 @@ def train_probe(probe: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
 @torch.no_grad()
 def evaluate(probe: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
     probe.eval()
-    correct = sum(int((probe(xb.float()).argmax(-1) == yb).sum()) for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
+    correct = sum(
+        int((probe(xb.float()).argmax(-1) == yb).sum()) for xb, yb in zip(x.split(batch_size), y.split(batch_size))
+    )
     return 100.0 * correct / max(len(y), 1)
 
 
@@ -84,14 +92,23 @@ def _seeded(make, seed: int) -> nn.Module:
         return make()
 
 
-def run_probes(cfg: ExperimentConfig, model: AIM, train: tuple[torch.Tensor, torch.Tensor],
-               test: tuple[torch.Tensor, torch.Tensor], progress=None) -> ProbeResult:
+def run_probes(
+    cfg: ExperimentConfig,
+    model: AIM,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    progress=None,
+) -> ProbeResult:
     blocks = model.resolve_blocks(cfg.probe.blocks)
-    train_x, test_x = extract(model, train[0], blocks, progress=progress), extract(model, test[0], blocks, progress=progress)
+    train_x, test_x = (
+        extract(model, train[0], blocks, progress=progress),
+        extract(model, test[0], blocks, progress=progress),
+    )
     classes = int(max(train[1].max(), test[1].max())) + 1
     d, heads = model.config.width, model.config.num_heads
     attentive = lambda: AttentiveProbe(d, classes, heads, cfg.probe.linear_bias)  # noqa: E731
     att = train_probe(_seeded(attentive, cfg.seed), train_x, train[1], test_x, test[1], cfg.probe, cfg.seed)
-    lin = train_probe(_seeded(lambda: LinearProbe(d, classes), cfg.seed), train_x, train[1], test_x, test[1],
-                      cfg.probe, cfg.seed)
+    lin = train_probe(
+        _seeded(lambda: LinearProbe(d, classes), cfg.seed), train_x, train[1], test_x, test[1], cfg.probe, cfg.seed
+    )
     return ProbeResult(att, lin, len(train[1]), len(test[1]), blocks)

@@ -41,8 +41,9 @@ def probe_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def probe_checkpoint(cfg: ExperimentConfig, checkpoint: str | None, random_init: bool = False,
-                     device: str = "auto") -> ProbeResult:
+def probe_checkpoint(
+    cfg: ExperimentConfig, checkpoint: str | None, random_init: bool = False, device: str = "auto"
+) -> ProbeResult:
     """Features are extracted on `device`; the probes train on the cached features on the CPU."""
     from pipelines.data import load_labelled
 

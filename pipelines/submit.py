@@ -31,9 +31,27 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 __all__ = [
-    "DRIVER_RESOURCE", "PASSTHROUGH_ENV", "EXCLUDES", "DEFAULT_ADDRESS", "SubmitError", "JobRequest",
-    "is_secret_name", "secret_values", "redact", "check_no_secrets", "build_request", "submission_base",
-    "next_submission_id", "resolve_driver_resource", "cluster_resources", "project_root", "git_state", "submit", "follow", "wait", "TERMINAL",
+    "DRIVER_RESOURCE",
+    "PASSTHROUGH_ENV",
+    "EXCLUDES",
+    "DEFAULT_ADDRESS",
+    "SubmitError",
+    "JobRequest",
+    "is_secret_name",
+    "secret_values",
+    "redact",
+    "check_no_secrets",
+    "build_request",
+    "submission_base",
+    "next_submission_id",
+    "resolve_driver_resource",
+    "cluster_resources",
+    "project_root",
+    "git_state",
+    "submit",
+    "follow",
+    "wait",
+    "TERMINAL",
 ]
 
 # Custom resource the cluster configs advertise on the (on-demand) head node only: job entrypoints
@@ -56,16 +74,37 @@ PASSTHROUGH_ENV = (
 
 # Not uploaded with the working directory (gitignore syntax, as Ray's runtime_env `excludes`).
 EXCLUDES = [
-    ".venv/", ".git/", "runs/", "mlflow.db", "mlflow.db-journal", "mlartifacts/", "mlruns/", "reports/",
-    "/data/", "/demo/", "build/", "*.egg-info/", "__pycache__/", ".pytest_cache/", "*.pyc",
+    ".venv/",
+    ".git/",
+    "runs/",
+    "mlflow.db",
+    "mlflow.db-journal",
+    "mlartifacts/",
+    "mlruns/",
+    "reports/",
+    "/data/",
+    "/demo/",
+    "build/",
+    "*.egg-info/",
+    "__pycache__/",
+    ".pytest_cache/",
+    "*.pyc",
 ]
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
-_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY",
-                          re.IGNORECASE)
-_ALWAYS_SECRET = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD",
-                  "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "RAY_AUTH_TOKEN"}
+_SECRET_NAME = re.compile(
+    r"SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY", re.IGNORECASE
+)
+_ALWAYS_SECRET = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "PGPASSWORD",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "RAY_AUTH_TOKEN",
+}
 
 
 class SubmitError(ValueError):
@@ -103,12 +142,16 @@ def check_no_secrets(argv: list[str], env_vars: dict[str, str], env: dict[str, s
     env = os.environ if env is None else env
     for name in env_vars:
         if is_secret_name(name):
-            raise SubmitError(f"--env {name}: credentials never travel with a job; give the cluster an "
-                              "instance role (AWS) or a Kubernetes Secret / service account (KubeRay) instead")
+            raise SubmitError(
+                f"--env {name}: credentials never travel with a job; give the cluster an "
+                "instance role (AWS) or a Kubernetes Secret / service account (KubeRay) instead"
+            )
     for name, value in env_vars.items():
         if _uri_has_password(value):
-            raise SubmitError(f"{name} holds a URI with a password; put the password in the cluster's own "
-                              "secret store and pass the URI without it")
+            raise SubmitError(
+                f"{name} holds a URI with a password; put the password in the cluster's own "
+                "secret store and pass the URI without it"
+            )
     secrets = secret_values(env)
     for tok in argv:
         key = tok.partition("=")[0].lstrip("-")
@@ -117,8 +160,10 @@ def check_no_secrets(argv: list[str], env_vars: dict[str, str], env: dict[str, s
         if _uri_has_password(tok.partition("=")[2] or tok):
             raise SubmitError("the command contains a URI with a password; pass it without the password")
         if any(s in tok for s in secrets):
-            raise SubmitError("the command contains the value of a credential variable from your environment; "
-                              "credentials never go on a job's command line")
+            raise SubmitError(
+                "the command contains the value of a credential variable from your environment; "
+                "credentials never go on a job's command line"
+            )
 
 
 def project_root() -> Path:
@@ -128,6 +173,7 @@ def project_root() -> Path:
 
 def git_state(root: Path) -> tuple[str, str]:
     """(commit sha or 'nogit', 'clean' | 'dirty-<12 hex of the uncommitted changes>')."""
+
     def git(*args: str) -> bytes:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=True, timeout=30).stdout
 
@@ -195,6 +241,7 @@ def next_submission_id(base: str, existing: set[str]) -> str:
 @dataclass
 class JobRequest:
     """Everything `JobSubmissionClient.submit_job` gets, minus the submission id."""
+
     command: list[str]
     entrypoint: str
     runtime_env: dict
@@ -204,9 +251,15 @@ class JobRequest:
     warnings: list[str] = field(default_factory=list)
 
 
-def build_request(command: list[str], *, extra_env: list[str] | None = None, python: str = "python",
-                  driver_resource: str | None = DRIVER_RESOURCE, root: Path | None = None,
-                  env: dict[str, str] | None = None) -> JobRequest:
+def build_request(
+    command: list[str],
+    *,
+    extra_env: list[str] | None = None,
+    python: str = "python",
+    driver_resource: str | None = DRIVER_RESOURCE,
+    root: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> JobRequest:
     """Validate and assemble a job for `aimctl COMMAND...`. Raises SubmitError before anything is sent.
 
     `extra_env`: `NAME` (value from the local environment) or `NAME=VALUE` items for --env.
@@ -231,16 +284,23 @@ def build_request(command: list[str], *, extra_env: list[str] | None = None, pyt
     command, warnings = _project_paths(command, root, Path.cwd())
     uri = env_vars.get("MLFLOW_TRACKING_URI", "")
     if not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri:
-        warnings.append("MLFLOW_TRACKING_URI is not a tracking server: the job will track into a file on the "
-                        "node that runs it. Point it at the shared server (see infra/mlflow/README.md).")
+        warnings.append(
+            "MLFLOW_TRACKING_URI is not a tracking server: the job will track into a file on the "
+            "node that runs it. Point it at the shared server (see infra/mlflow/README.md)."
+        )
     commit, dirty = git_state(root)
     entrypoint = shlex.join([python, "-m", "pipelines.cli", *command])
     runtime_env = {"working_dir": str(root), "excludes": list(EXCLUDES), "env_vars": env_vars}
-    metadata = {"aim.command": " ".join(command[:2] if command[0] == "model" else command[:1]),
-                "aim.git_commit": commit, "aim.git_state": dirty, "aim.submitted_by": "aimctl submit"}
+    metadata = {
+        "aim.command": " ".join(command[:2] if command[0] == "model" else command[:1]),
+        "aim.git_commit": commit,
+        "aim.git_state": dirty,
+        "aim.submitted_by": "aimctl submit",
+    }
     res = {driver_resource: 1.0} if driver_resource else {}
-    return JobRequest(command, entrypoint, runtime_env, metadata, submission_base(command, commit, dirty), res,
-                      warnings)
+    return JobRequest(
+        command, entrypoint, runtime_env, metadata, submission_base(command, commit, dirty), res, warnings
+    )
 
 
 def cluster_resources(address: str) -> dict[str, float]:
@@ -265,12 +325,18 @@ def resolve_driver_resource(address: str, wanted: str | None) -> tuple[str | Non
         return None, f"could not read the cluster's resources ({type(e).__name__}); the driver is not pinned"
     if have.get(DRIVER_RESOURCE, 0) >= 1:
         return DRIVER_RESOURCE, None
-    return None, (f"the cluster advertises no {DRIVER_RESOURCE} resource (infra/ clusters put it on the head); "
-                  "the job's driver goes wherever Ray places it")
+    return None, (
+        f"the cluster advertises no {DRIVER_RESOURCE} resource (infra/ clusters put it on the head); "
+        "the job's driver goes wherever Ray places it"
+    )
 
 
-_QUIET = ("ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir",
-          "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk")
+_QUIET = (
+    "ray._private.runtime_env.packaging",
+    "ray._private.runtime_env.working_dir",
+    "ray.dashboard.modules.dashboard_sdk",
+    "ray.dashboard.modules.job.sdk",
+)
 
 
 def _project_paths(command: list[str], root: Path, cwd: Path) -> tuple[list[str], list[str]]:
@@ -283,8 +349,10 @@ def _project_paths(command: list[str], root: Path, cwd: Path) -> tuple[list[str]
             if full.is_relative_to(root) and full.exists():
                 arg = str(full.relative_to(root))
             elif p.is_absolute():
-                warnings.append(f"{arg} is outside the project: the job sees it only if the cluster shares this "
-                                "filesystem (put experiment files under experiments/)")
+                warnings.append(
+                    f"{arg} is outside the project: the job sees it only if the cluster shares this "
+                    "filesystem (put experiment files under experiments/)"
+                )
             elif not (root / p).exists():
                 warnings.append(f"{arg} is not in the project directory that is uploaded")
         out.append(arg)
@@ -317,9 +385,13 @@ def submit(req: JobRequest, address: str, attempts: int = 5, agent_wait_s: float
     while tries < attempts:
         sid = next_submission_id(req.base_id, existing)
         try:
-            return c.submit_job(entrypoint=req.entrypoint, submission_id=sid, runtime_env=req.runtime_env,
-                                metadata={**req.metadata, "aim.base_id": req.base_id},
-                                entrypoint_resources=req.entrypoint_resources or None)
+            return c.submit_job(
+                entrypoint=req.entrypoint,
+                submission_id=sid,
+                runtime_env=req.runtime_env,
+                metadata={**req.metadata, "aim.base_id": req.base_id},
+                entrypoint_resources=req.entrypoint_resources or None,
+            )
         except RuntimeError as e:
             last = e
             if "already exists" in str(e):  # someone took the id: try the next one

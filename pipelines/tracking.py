@@ -9,8 +9,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["resolve_tracking_uri", "client", "get_or_create_run", "log_params", "MetricLogger",
-           "git_commit", "last_logged_step", "SECRET_PATTERN"]
+__all__ = [
+    "resolve_tracking_uri",
+    "client",
+    "get_or_create_run",
+    "log_params",
+    "MetricLogger",
+    "git_commit",
+    "last_logged_step",
+    "SECRET_PATTERN",
+]
 
 RUN_KEY_TAG = "aim.run_key"
 SECRET_PATTERN = re.compile(r"secret|password|token|access_key|session_key|credential", re.I)
@@ -48,8 +56,14 @@ def _experiment_id(c, name: str) -> str:
         return c.get_experiment_by_name(name).experiment_id
 
 
-def get_or_create_run(c, experiment: str, run_key: str, run_name: str, tags: dict[str, str] | None = None,
-                      parent_run_id: str | None = None) -> tuple[str, bool]:
+def get_or_create_run(
+    c,
+    experiment: str,
+    run_key: str,
+    run_name: str,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> tuple[str, bool]:
     """The run tagged `aim.run_key=run_key` in `experiment`, created if absent. Returns (run_id, created).
 
     A rerun of the same command (resume) finds its run instead of duplicating it.
@@ -76,7 +90,7 @@ def log_params(c, run_id: str, params: dict[str, Any]) -> None:
     existing = c.get_run(run_id).data.params
     items = [Param(k, v) for k, v in _safe_params(params).items() if k not in existing]
     for i in range(0, len(items), 100):
-        c.log_batch(run_id, params=items[i:i + 100])
+        c.log_batch(run_id, params=items[i : i + 100])
 
 
 def last_logged_step(c, run_id: str, key: str = "train/loss") -> int:
@@ -102,7 +116,7 @@ class MetricLogger:
 
     def flush(self) -> None:
         for i in range(0, len(self.buffer), 1000):
-            self.c.log_batch(self.run_id, metrics=self.buffer[i:i + 1000])
+            self.c.log_batch(self.run_id, metrics=self.buffer[i : i + 1000])
         self.buffer.clear()
 
 

@@ -19,9 +19,14 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", include_dashboard=True,
-                 log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+        ray.init(
+            num_cpus=2,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
+            include_dashboard=True,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+        )
     yield ray
     ray.shutdown()
 
@@ -53,10 +58,15 @@ def demo_data(tmp_path_factory):
 def experiment(demo, tmp_path, name: str, **sections) -> dict:
     """An aim-test experiment on the demo data, local storage and a SQLite MLflow under tmp_path."""
     base = {
-        "name": name, "seed": 0,
+        "name": name,
+        "seed": 0,
         "model": {"preset": "aim-test", "img_size": 16},
-        "data": {"pool": {"uri": demo.pool_uri, "top_fraction": 0.5}, "curated": {"uri": demo.curated_uri},
-                 "max_bad_fraction": 0.2, "decode": {"num_cpus": 0.25, "concurrency": 1}},
+        "data": {
+            "pool": {"uri": demo.pool_uri, "top_fraction": 0.5},
+            "curated": {"uri": demo.curated_uri},
+            "max_bad_fraction": 0.2,
+            "decode": {"num_cpus": 0.25, "concurrency": 1},
+        },
         "optim": {"batch_size": 16, "lr": 2e-2},
         "schedule": {"steps": 12, "warmup_fraction": 0.1},
         "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "shuffle_buffer": 64},

@@ -23,10 +23,21 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.ray
 def test_cpu_smoke_end_to_end(tmp_path):
     out = tmp_path / "gpu_pipeline.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
-    res = subprocess.run([sys.executable, "-m", "benchmarks.gpu_pipeline", "--cpu-smoke", "--out", str(out)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=720)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_pipeline", "--cpu-smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=720,
+    )
     assert res.returncode == 0, res.stderr[-4000:] + res.stdout[-4000:]
     doc = json.loads(res.stdout)
     assert json.loads(out.read_text()) == doc  # the file is the final document
@@ -46,8 +57,9 @@ def test_cpu_smoke_end_to_end(tmp_path):
     assert phases["fsdp_resume"]["resumed_from"] == 2 and phases["fsdp_resume"]["step"] == 4
     assert "--stop-after 2" in phases["fsdp"]["command"] and "scaling.strategy=fsdp" in phases["fsdp"]["command"]
     fig = doc["figures"]
-    assert fig["ratio"] > 0 and fig["ratio"] == pytest.approx(fig["pipeline_images_per_s"] / fig["gpu_step_images_per_s"],
-                                                             rel=1e-3)
+    assert fig["ratio"] > 0 and fig["ratio"] == pytest.approx(
+        fig["pipeline_images_per_s"] / fig["gpu_step_images_per_s"], rel=1e-3
+    )
     assert fig["fsdp_resumed_from"] == 2 and fig["fsdp_final_step"] == 4
     assert 0 <= fig["probe_attentive_top1"] <= 100 and 0 <= fig["probe_linear_top1"] <= 100
     assert phases["probe"]["run"] == "gpu-pipeline-fsdp"  # the FSDP run's checkpoint, loaded into a plain model

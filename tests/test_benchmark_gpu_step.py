@@ -9,8 +9,26 @@ from benchmarks import gpu_step
 
 def test_gpu_step_cpu_debug_path(capsys, tmp_path):
     out = tmp_path / "gpu_step.json"
-    rc = gpu_step.main(["--device", "cpu", "--preset", "aim-test", "--batch-sizes", "4", "--steps", "3",
-                        "--warmup", "1", "--impls", "sdpa,flex", "--compile", "none", "--json-out", str(out)])
+    rc = gpu_step.main(
+        [
+            "--device",
+            "cpu",
+            "--preset",
+            "aim-test",
+            "--batch-sizes",
+            "4",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--impls",
+            "sdpa,flex",
+            "--compile",
+            "none",
+            "--json-out",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert json.loads(out.read_text()) == report  # the file is the final report, not a partial one

@@ -44,14 +44,28 @@ def test_paper_grid_covers_the_papers_axes():
     orders = [t for t in trials if t.axis == "order"]
     assert {t.config.aim_config().attention for t in orders} == {"causal"}, "the order ablation is causal"
     shapes = {t.value: t.config.aim_config() for t in trials if t.axis == "shape"}
-    p = {k: 12 * c.width ** 2 * c.depth for k, c in shapes.items()}
+    p = {k: 12 * c.width**2 * c.depth for k, c in shapes.items()}
     assert abs(p["wide_1536x24"] - p["deep_1024x54"]) / p["wide_1536x24"] < 0.02
 
 
 def test_paper_grid_dry_run_prints_plan():
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "sweep", "experiments/ablations/paper.yaml",
-                          "--dry-run", "--cluster-cpus", "256"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "sweep",
+            "experiments/ablations/paper.yaml",
+            "--dry-run",
+            "--cluster-cpus",
+            "256",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stderr
     assert "max_concurrent_trials=12" in out.stdout + out.stderr
     assert "deep_1024x54" in out.stdout + out.stderr

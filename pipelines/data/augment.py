@@ -12,10 +12,9 @@ Output: float32 (3, size, size), mean/std normalised.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
-
-import functools
 import warnings
 
 import numpy as np
@@ -29,8 +28,9 @@ _RESAMPLE = {"bicubic": (Image.Resampling.BICUBIC, "BICUBIC"), "bilinear": (Imag
 SMALL_PIXELS = 64 * 64  # sources up to this size: PIL throughout is as fast or faster (benchmarks/decode.py)
 
 
-def crop_params(rng: np.random.Generator, width: int, height: int, scale: tuple[float, float],
-                ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+def crop_params(
+    rng: np.random.Generator, width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a random crop: area fraction in `scale`, aspect (w/h) in `ratio`."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -69,15 +69,15 @@ def _torch_ops():
     try:  # deprecated since torchvision 0.29 (TorchCodec replaces it), warns on every call; PIL covers its absence
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                                category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+        )
     except ImportError:  # pragma: no cover - a torchvision without the image ops
         decode_jpeg = ImageReadMode = None
     return torch, resize, InterpolationMode, decode_jpeg, ImageReadMode
 
 
-def _load_crop(img: Image.Image, data: bytes, box: tuple[int, int, int, int], size: int,
-               resample: tuple) -> np.ndarray:
+def _load_crop(img: Image.Image, data: bytes, box: tuple[int, int, int, int], size: int, resample: tuple) -> np.ndarray:
     """Decode `img` (its bytes: `data`) and resize the crop `box` (full-resolution pixels) to (size, size, 3) uint8."""
     width, height = img.size
     x0, y0, x1, y1 = box
@@ -138,8 +138,9 @@ def augment_image(data: bytes, size: int, aug: AugmentConfig, seed: int) -> np.n
     return _normalise(arr, aug.mean, aug.std)
 
 
-def eval_image(data: bytes, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-               interpolation: str = "bicubic") -> np.ndarray:
+def eval_image(
+    data: bytes, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = "bicubic"
+) -> np.ndarray:
     """Deterministic view (probes): centre square crop resized to size, normalised. (3, size, size)."""
     img = decode(data)
     width, height = img.size

@@ -16,8 +16,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["DataConfig", "DataConfigError", "load_data_section", "parse_data_section", "PoolConfig", "CuratedConfig", "MixConfig", "AugmentConfig", "DecodeConfig",
-           "S3Config", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "DataConfig",
+    "DataConfigError",
+    "load_data_section",
+    "parse_data_section",
+    "PoolConfig",
+    "CuratedConfig",
+    "MixConfig",
+    "AugmentConfig",
+    "DecodeConfig",
+    "S3Config",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,9 +44,13 @@ class S3Config(_Strict):
 
     endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000; None = AWS itself")
     region: str | None = Field(None, description="default AWS_REGION or us-east-1")
-    retry_seconds: float = Field(30.0, ge=0, le=3600,
-                                 description="keep retrying a failing request (endpoint down, throttled) for at "
-                                             "least this long before the run fails; 0 = no retries")
+    retry_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="keep retrying a failing request (endpoint down, throttled) for at "
+        "least this long before the run fails; 0 = no retries",
+    )
 
     @field_validator("endpoint_url")
     @classmethod
@@ -54,7 +70,7 @@ class PoolConfig(_Strict):
     dedup: bool = Field(False, description="drop rows whose uid was already seen (keeps the smallest shard/key)")
 
     @model_validator(mode="after")
-    def _one_rule(self) -> "PoolConfig":
+    def _one_rule(self) -> PoolConfig:
         if self.threshold is not None and "top_fraction" in self.model_fields_set:
             raise ValueError("top_fraction: give either threshold or top_fraction, not both")
         return self
@@ -111,16 +127,27 @@ class DecodeConfig(_Strict):
     """Decode + augment stage in Ray Data."""
 
     compute: Literal["fused", "tasks", "actors"] = Field(
-        "fused", description="fused: decode inside the shard read tasks; tasks/actors: a separate decode pool")
+        "fused", description="fused: decode inside the shard read tasks; tasks/actors: a separate decode pool"
+    )
     concurrency: int = Field(2, ge=1, description="decode tasks/actors (fused: read+decode tasks) at once")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task/actor")
-    batch_size: int = Field(64, ge=1, description="tasks/actors: rows per decode call; >= 3/4 of block_rows keeps "
-                                                   "blocks contiguous (fused decodes block_rows at a time)")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="tasks/actors: rows per decode call; >= 3/4 of block_rows keeps "
+        "blocks contiguous (fused decodes block_rows at a time)",
+    )
     read_concurrency: int = Field(2, ge=1, description="shard read tasks at once (tasks/actors modes)")
-    read_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per read task (mostly I/O; 0 so reads never wait behind decode actors)")
+    read_num_cpus: float = Field(
+        0.0, ge=0, description="CPUs reserved per read task (mostly I/O; 0 so reads never wait behind decode actors)"
+    )
     read_chunk: int = Field(256, ge=1, description="rows per block emitted by a shard reader")
-    block_rows: int = Field(256, ge=1, description="target images per output block: smaller blocks reach the "
-                                                   "trainer sooner (first batch), larger ones cost less per image")
+    block_rows: int = Field(
+        256,
+        ge=1,
+        description="target images per output block: smaller blocks reach the "
+        "trainer sooner (first batch), larger ones cost less per image",
+    )
 
 
 class DataConfig(_Strict):
@@ -130,8 +157,9 @@ class DataConfig(_Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     s3: S3Config = Field(default_factory=S3Config)
-    max_bad_fraction: float = Field(0.01, ge=0, lt=1,
-                                    description="per shard: corrupt or missing images tolerated before failing")
+    max_bad_fraction: float = Field(
+        0.01, ge=0, lt=1, description="per shard: corrupt or missing images tolerated before failing"
+    )
 
 
 class DataConfigError(ValueError):

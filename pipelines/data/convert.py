@@ -57,8 +57,9 @@ def _source_rows(fs, root: str, limit: int | None) -> Iterator[_Row]:
         raise DataError(f"no Parquet files in {storage.display(fs, root)}")
     n = 0
     for info in infos:
-        split = next((s for s in ("train", "test", "val", "validation") if formats.split_matches(info.base_name, s)),
-                     "train")
+        split = next(
+            (s for s in ("train", "test", "val", "validation") if formats.split_matches(info.base_name, s)), "train"
+        )
         with fs.open_input_file(info.path) as f:
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
@@ -93,13 +94,21 @@ def _write_pool_shard(fs, root: str, shard: int, rows: list[_Row]) -> None:
         key = f"{shard:05d}{i:04d}"
         width, height = Image.open(io.BytesIO(r.image)).size
         dfn, clip = derived_scores(r.uid)
-        row = {"uid": r.uid, "key": key, "caption": f"a photo of a {r.label_name}", "width": width,
-               "height": height, "dfn_score": dfn, "clip_b32_score": clip}
+        row = {
+            "uid": r.uid,
+            "key": key,
+            "caption": f"a photo of a {r.label_name}",
+            "width": width,
+            "height": height,
+            "dfn_score": dfn,
+            "clip_b32_score": clip,
+        }
         meta.append(row)
         samples.append((key, {"jpg": r.image, "txt": row["caption"].encode(), "json": json.dumps(row).encode()}))
     storage.write_bytes(fs, f"{root}/{shard:05d}.tar", formats.wds_bytes(samples))
     schema = formats.POOL_META_SCHEMA.append(pa.field("dfn_score", pa.float32())).append(
-        pa.field("clip_b32_score", pa.float32()))
+        pa.field("clip_b32_score", pa.float32())
+    )
     _write_parquet(fs, f"{root}/{shard:05d}.parquet", pa.Table.from_pylist(meta, schema=schema))
 
 
@@ -112,22 +121,43 @@ def _write_parquet(fs, path: str, table: pa.Table, row_group_size: int | None = 
 def _write_curated(fs, root: str, name: str, split: str, idx: int, rows: list[_Row], fmt: str) -> str:
     stem = f"{root}/{name}_{split}-{idx:05d}"
     if fmt == "parquet":
-        table = pa.table({"image": pa.array([r.image for r in rows], pa.binary()),
-                          "label": pa.array([r.label for r in rows], pa.int64()),
-                          "label_name": [r.label_name for r in rows], "split": [r.split for r in rows]})
+        table = pa.table(
+            {
+                "image": pa.array([r.image for r in rows], pa.binary()),
+                "label": pa.array([r.label for r in rows], pa.int64()),
+                "label_name": [r.label_name for r in rows],
+                "split": [r.split for r in rows],
+            }
+        )
         _write_parquet(fs, f"{stem}.parquet", table, row_group_size=1024)
         return stem
     keys = [f"{idx:05d}{i:05d}" for i in range(len(rows))]
-    samples = [(k, {"jpg": r.image, "cls": str(r.label).encode(),
-                    "json": json.dumps({"label": r.label, "label_name": r.label_name}).encode()})
-               for k, r in zip(keys, rows)]
+    samples = [
+        (
+            k,
+            {
+                "jpg": r.image,
+                "cls": str(r.label).encode(),
+                "json": json.dumps({"label": r.label, "label_name": r.label_name}).encode(),
+            },
+        )
+        for k, r in zip(keys, rows)
+    ]
     storage.write_bytes(fs, f"{stem}.tar", formats.wds_bytes(samples))
     _write_parquet(fs, f"{stem}.parquet", pa.table({"key": keys, "label": [r.label for r in rows]}))
     return stem
 
 
-def convert(src: str, out: str, as_: str, fmt: str = "parquet", shard_size: int = 1000, limit: int | None = None,
-            name: str | None = None, s3: S3Config | None = None) -> ConvertResult:
+def convert(
+    src: str,
+    out: str,
+    as_: str,
+    fmt: str = "parquet",
+    shard_size: int = 1000,
+    limit: int | None = None,
+    name: str | None = None,
+    s3: S3Config | None = None,
+) -> ConvertResult:
     """Convert labelled Parquet at `src` into a pool (`as_="pool"`) or curated set (`as_="curated"`)."""
     if as_ not in ("pool", "curated"):
         raise ValueError(f"--as: expected pool or curated, got {as_!r}")

@@ -11,8 +11,9 @@ from pipelines.data.quality import Quality, report_bad
 __all__ = ["decode_batch", "DecodeActor"]
 
 
-def decode_batch(batch: dict[str, np.ndarray], *, img_size: int, aug: AugmentConfig, tracker: Quality,
-                 keep_source: bool = False) -> dict[str, np.ndarray]:
+def decode_batch(
+    batch: dict[str, np.ndarray], *, img_size: int, aug: AugmentConfig, tracker: Quality, keep_source: bool = False
+) -> dict[str, np.ndarray]:
     """Ray Data UDF: encoded rows -> {"image": (B, 3, S, S) float32, "slot": (B,) int64 sample ids};
     undecodable rows are skipped."""
     out, ok, bad = [], [], {}

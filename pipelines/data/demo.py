@@ -25,8 +25,13 @@ from pipelines.data.formats import wds_bytes
 
 __all__ = ["DemoSummary", "write_demo", "CLASS_NAMES"]
 
-_COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
-            "purple": (150, 50, 190)}
+_COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 40),
+    "purple": (150, 50, 190),
+}
 _SHAPES = ("circle", "square")
 CLASS_NAMES = [f"{c} {s}" for s in _SHAPES for c in _COLOURS]
 
@@ -82,8 +87,15 @@ def _pool_sample(rng: np.random.Generator, size: int, shard: int, i: int) -> tup
     arr = _junk(rng, w, h) if junk else _scene(rng, w, h)
     score = float(np.clip(rng.normal(0.1, 0.05) if junk else rng.normal(0.55, 0.15), 0, 0.95))
     key = f"{shard:05d}{i:04d}"
-    row = {"uid": _uid("demo", shard, i), "key": key, "caption": "noise" if junk else "shapes on a gradient",
-           "width": w, "height": h, "dfn_score": score, "clip_b32_score": score * 0.5 + float(rng.random()) * 0.5}
+    row = {
+        "uid": _uid("demo", shard, i),
+        "key": key,
+        "caption": "noise" if junk else "shapes on a gradient",
+        "width": w,
+        "height": h,
+        "dfn_score": score,
+        "clip_b32_score": score * 0.5 + float(rng.random()) * 0.5,
+    }
     return row, _jpeg(arr)
 
 
@@ -126,9 +138,20 @@ def _write_pool_shard(fs, stem: str, rows: list[dict], images: list[bytes | None
             files["jpg"] = img
         samples.append((row["key"], files))
     storage.write_bytes(fs, f"{stem}.tar", wds_bytes(samples))
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("uid", pa.string()), ("key", pa.string()), ("caption", pa.string()), ("width", pa.int32()),
-        ("height", pa.int32()), ("dfn_score", pa.float32()), ("clip_b32_score", pa.float32())]))
+    table = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("uid", pa.string()),
+                ("key", pa.string()),
+                ("caption", pa.string()),
+                ("width", pa.int32()),
+                ("height", pa.int32()),
+                ("dfn_score", pa.float32()),
+                ("clip_b32_score", pa.float32()),
+            ]
+        ),
+    )
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
     storage.write_bytes(fs, f"{stem}.parquet", buf.getvalue().to_pybytes())
@@ -139,17 +162,32 @@ def _write_curated(fs, root: str, counts: dict[str, int], size: int, rng, summar
         labels = np.arange(n) % len(CLASS_NAMES)
         rng.shuffle(labels)
         images = [_jpeg(_scene(rng, size, size, int(c)), quality=90) for c in labels]
-        table = pa.table({"image": pa.array(images, pa.binary()), "label": pa.array(labels, pa.int64()),
-                          "label_name": [CLASS_NAMES[c] for c in labels], "split": [split] * n})
+        table = pa.table(
+            {
+                "image": pa.array(images, pa.binary()),
+                "label": pa.array(labels, pa.int64()),
+                "label_name": [CLASS_NAMES[c] for c in labels],
+                "split": [split] * n,
+            }
+        )
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf, row_group_size=128)
         storage.write_bytes(fs, f"{root}/demo_{split}-00000-of-00001.parquet", buf.getvalue().to_pybytes())
         summary.curated_rows[split] = n
 
 
-def write_demo(out: str, *, shards: int = 4, per_shard: int = 200, curated_train: int = 400,
-               curated_test: int = 100, size: int = 64, seed: int = 0, s3: S3Config | None = None,
-               curated_size: int | None = None) -> DemoSummary:
+def write_demo(
+    out: str,
+    *,
+    shards: int = 4,
+    per_shard: int = 200,
+    curated_train: int = 400,
+    curated_test: int = 100,
+    size: int = 64,
+    seed: int = 0,
+    s3: S3Config | None = None,
+    curated_size: int | None = None,
+) -> DemoSummary:
     """Write `OUT/pool`, `OUT/curated`, `OUT/data.yaml` (a ready `data:` section) and `OUT/demo.json`.
 
     Pool images are `size` px scaled by 0.75-1.5 per side; curated images are `curated_size` px square
@@ -159,17 +197,27 @@ def write_demo(out: str, *, shards: int = 4, per_shard: int = 200, curated_train
     summary = DemoSummary(pool_uri=f"{base}/pool", curated_uri=f"{base}/curated")
     rng = np.random.default_rng(seed)
     _write_pool(fs, f"{root}/pool", shards, per_shard, size, rng, summary)
-    _write_curated(fs, f"{root}/curated", {"train": curated_train, "test": curated_test},
-                   curated_size or max(size // 2, 16), rng, summary)
+    _write_curated(
+        fs,
+        f"{root}/curated",
+        {"train": curated_train, "test": curated_test},
+        curated_size or max(size // 2, 16),
+        rng,
+        summary,
+    )
     storage.write_bytes(fs, f"{root}/demo.json", json.dumps(asdict(summary), indent=2).encode())
     storage.write_bytes(fs, f"{root}/data.yaml", demo_yaml(summary, s3).encode())
     return summary
 
 
 def demo_yaml(summary: DemoSummary, s3: S3Config | None) -> str:
-    lines = ["# written by `aimctl data demo`; paste under an experiment's top level", "data:",
-             f"  pool: {{uri: {summary.pool_uri}, dedup: true}}", f"  curated: {{uri: {summary.curated_uri}}}",
-             "  max_bad_fraction: 0.05  # the demo breaks ~1 in 30 selected pool images on purpose"]
+    lines = [
+        "# written by `aimctl data demo`; paste under an experiment's top level",
+        "data:",
+        f"  pool: {{uri: {summary.pool_uri}, dedup: true}}",
+        f"  curated: {{uri: {summary.curated_uri}}}",
+        "  max_bad_fraction: 0.05  # the demo breaks ~1 in 30 selected pool images on purpose",
+    ]
     if s3 is not None and s3.endpoint_url:
         lines.append(f"  s3: {{endpoint_url: {s3.endpoint_url}, region: {s3.region or 'us-east-1'}}}")
     return "\n".join(lines) + "\n"

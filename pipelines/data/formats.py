@@ -22,11 +22,28 @@ import pyarrow.parquet as pq
 from pipelines.data import storage
 from pipelines.data.errors import DataError
 
-__all__ = ["PoolShard", "CuratedFile", "POOL_META_SCHEMA", "wds_bytes", "iter_wds", "list_pool_shards",
-           "list_curated", "read_metadata", "read_curated_chunk", "split_matches"]
+__all__ = [
+    "PoolShard",
+    "CuratedFile",
+    "POOL_META_SCHEMA",
+    "wds_bytes",
+    "iter_wds",
+    "list_pool_shards",
+    "list_curated",
+    "read_metadata",
+    "read_curated_chunk",
+    "split_matches",
+]
 
-POOL_META_SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("caption", pa.string()),
-                              ("width", pa.int32()), ("height", pa.int32())])
+POOL_META_SCHEMA = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("key", pa.string()),
+        ("caption", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
@@ -127,7 +144,9 @@ def read_metadata(fs: pafs.FileSystem, path: str, columns: list[str]) -> pa.Tabl
                 raise DataError(f"{storage.display(fs, path)}: no column {missing[0]!r} (has {', '.join(names)})")
             return pf.read(columns=columns)
     except pa.ArrowInvalid as e:  # zero bytes, or not Parquet
-        raise DataError(f"{storage.display(fs, path)}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        raise DataError(
+            f"{storage.display(fs, path)}: not a readable Parquet file ({str(e).splitlines()[0]})"
+        ) from None
     except OSError as e:
         raise storage.storage_error(e, fs, path, "reading metadata") from None
 
@@ -158,8 +177,10 @@ def _curated_file(fs, info: pafs.FileInfo, fmt: str, split: str | None, label: s
             if split is None or "split" not in pf.schema_arrow.names:
                 rows = tuple(pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups))
                 return CuratedFile(info.path, info.size, fmt, rows, False)
-            rows = tuple(int(pc.sum(pc.equal(pf.read_row_group(i, ["split"])["split"], split)).as_py()
-                             or 0) for i in range(pf.num_row_groups))
+            rows = tuple(
+                int(pc.sum(pc.equal(pf.read_row_group(i, ["split"])["split"], split)).as_py() or 0)
+                for i in range(pf.num_row_groups)
+            )
     except OSError as e:
         raise storage.storage_error(e, fs, info.path, "reading") from None
     return CuratedFile(info.path, info.size, fmt, rows, True)
@@ -174,8 +195,9 @@ def _wds_rows(fs: pafs.FileSystem, tar_path: str) -> int:
     return sum(1 for _, files in iter_wds(fs, tar_path) if any(e in files for e in IMAGE_EXTS))
 
 
-def read_curated_chunk(fs: pafs.FileSystem, file: CuratedFile, chunk: int, image: str, label: str,
-                       split: str | None) -> tuple[list[bytes | None], list[int]]:
+def read_curated_chunk(
+    fs: pafs.FileSystem, file: CuratedFile, chunk: int, image: str, label: str, split: str | None
+) -> tuple[list[bytes | None], list[int]]:
     """Image bytes (None when absent) and labels of one chunk, in stored order, after the split filter."""
     if file.fmt == "wds":
         images, labels = [], []

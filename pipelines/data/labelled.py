@@ -41,8 +41,10 @@ def _parquet_rows(fs, path: str, cur: CuratedConfig, split: str, by_column: bool
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
         if by_column and "split" not in names:
-            raise DataError(f"{storage.display(fs, path)}: cannot tell the {split!r} split (no *_{split}-* file "
-                            "name and no `split` column)")
+            raise DataError(
+                f"{storage.display(fs, path)}: cannot tell the {split!r} split (no *_{split}-* file "
+                "name and no `split` column)"
+            )
         for c in cols:
             if c not in names:
                 raise DataError(f"{storage.display(fs, path)}: no column {c!r}")
@@ -53,16 +55,18 @@ def _parquet_rows(fs, path: str, cur: CuratedConfig, split: str, by_column: bool
             yield from zip(table[cur.image_column].to_pylist(), table[cur.label_column].to_pylist())
 
 
-def read_labelled_rows(cur: CuratedConfig, s3: S3Config | None, split: str,
-                       limit: int | None = None) -> tuple[list[bytes], list[int]]:
+def read_labelled_rows(
+    cur: CuratedConfig, s3: S3Config | None, split: str, limit: int | None = None
+) -> tuple[list[bytes], list[int]]:
     """Encoded images and labels of `split`, in file order (files sorted by name), first `limit` rows."""
     fs, root = storage.filesystem(cur.uri, s3)
     paths, by_column = _files(fs, root, cur.format, split)
     images, labels = [], []
     for path in paths:
         try:
-            rows = (_parquet_rows(fs, path, cur, split, by_column) if cur.format == "parquet"
-                    else _wds_rows(fs, path, cur))
+            rows = (
+                _parquet_rows(fs, path, cur, split, by_column) if cur.format == "parquet" else _wds_rows(fs, path, cur)
+            )
             for img, label in rows:
                 if limit is not None and len(images) >= limit:
                     return images, labels
@@ -81,8 +85,17 @@ def _wds_rows(fs, path: str, cur: CuratedConfig):
     yield from zip(images, labels)
 
 
-def load_labelled(uri_or_cfg: str | DataConfig | CuratedConfig, split: str, img_size: int, limit: int | None = None,
-                  *, s3: S3Config | None = None, mean=None, std=None, threads: int = 4):
+def load_labelled(
+    uri_or_cfg: str | DataConfig | CuratedConfig,
+    split: str,
+    img_size: int,
+    limit: int | None = None,
+    *,
+    s3: S3Config | None = None,
+    mean=None,
+    std=None,
+    threads: int = 4,
+):
     """(images float32 (N, 3, S, S), labels int64 (N,)) as torch tensors: centre crop, resize, normalise.
 
     `uri_or_cfg`: a Parquet location (local or s3://), a `CuratedConfig`, or a `DataConfig` (its curated

@@ -22,7 +22,7 @@ def _listing(uri: str, cfg: DataConfig) -> list[str]:
     lines = []
     for info in storage.list_dir(fs, root):
         mtime = info.mtime_ns if info.mtime_ns is not None else -1
-        lines.append(f"{info.path[len(root):].lstrip('/')}\t{info.size}\t{mtime}")
+        lines.append(f"{info.path[len(root) :].lstrip('/')}\t{info.size}\t{mtime}")
     return lines
 
 
@@ -37,12 +37,21 @@ def data_version(cfg: DataConfig) -> str:
 
 
 def _pool_section(cfg: DataConfig, sel) -> dict:
-    seen, dup, missing, kept = (sel.total("rows"), sel.total("duplicates"), sel.total("missing_score"),
-                                sel.rows_kept)
-    return {"uri": cfg.pool.uri, "shards": len(sel.shards), "rows_seen": seen, "rows_kept": kept,
-            "kept_fraction": kept / seen if seen else 0.0, "score_column": sel.score_column, "rule": sel.rule,
-            "score_threshold": sel.threshold, "top_fraction": sel.top_fraction,
-            "duplicates_dropped": dup, "missing_score": missing, "below_threshold": seen - dup - missing - kept}
+    seen, dup, missing, kept = (sel.total("rows"), sel.total("duplicates"), sel.total("missing_score"), sel.rows_kept)
+    return {
+        "uri": cfg.pool.uri,
+        "shards": len(sel.shards),
+        "rows_seen": seen,
+        "rows_kept": kept,
+        "kept_fraction": kept / seen if seen else 0.0,
+        "score_column": sel.score_column,
+        "rule": sel.rule,
+        "score_threshold": sel.threshold,
+        "top_fraction": sel.top_fraction,
+        "duplicates_dropped": dup,
+        "missing_score": missing,
+        "below_threshold": seen - dup - missing - kept,
+    }
 
 
 def build_manifest(cfg: DataConfig, seed: int, epoch: int = 0, img_size: int = 32) -> dict:
@@ -58,20 +67,38 @@ def build_manifest(cfg: DataConfig, seed: int, epoch: int = 0, img_size: int = 3
     quality = built.tracker.summary()
     pool = _pool_section(cfg, built.selection)
     plan, cur = built.plan, built.curated
-    skipped = {"duplicate_uid": pool["duplicates_dropped"], "missing_score": pool["missing_score"],
-               "below_threshold": pool["below_threshold"], **dict.fromkeys(REASONS, 0)}
+    skipped = {
+        "duplicate_uid": pool["duplicates_dropped"],
+        "missing_score": pool["missing_score"],
+        "below_threshold": pool["below_threshold"],
+        **dict.fromkeys(REASONS, 0),
+    }
     skipped.update(quality["by_reason"])
     total = n_pool + n_cur
     return {
-        "data_version": data_version(cfg), "seed": seed, "epoch": epoch, "img_size": img_size,
+        "data_version": data_version(cfg),
+        "seed": seed,
+        "epoch": epoch,
+        "img_size": img_size,
         "pool": pool,
-        "curated": {"uri": cfg.curated.uri, "format": cfg.curated.format, "split": cfg.curated.split,
-                    "files": [f.path.rsplit("/", 1)[-1] for f in cur.files], "rows": cur.rows,
-                    "samples_planned": plan.n_curated},
-        "mix": {"pool_probability": cfg.mix.pool_probability, "samples_planned": plan.n_slots,
-                "samples_out": total, "pool_samples": n_pool, "curated_samples": n_cur,
-                "realised_pool_fraction": n_pool / total if total else 0.0},
-        "skipped": skipped, "skipped_by_shard": quality["by_shard"],
+        "curated": {
+            "uri": cfg.curated.uri,
+            "format": cfg.curated.format,
+            "split": cfg.curated.split,
+            "files": [f.path.rsplit("/", 1)[-1] for f in cur.files],
+            "rows": cur.rows,
+            "samples_planned": plan.n_curated,
+        },
+        "mix": {
+            "pool_probability": cfg.mix.pool_probability,
+            "samples_planned": plan.n_slots,
+            "samples_out": total,
+            "pool_samples": n_pool,
+            "curated_samples": n_cur,
+            "realised_pool_fraction": n_pool / total if total else 0.0,
+        },
+        "skipped": skipped,
+        "skipped_by_shard": quality["by_shard"],
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
@@ -79,5 +106,3 @@ def build_manifest(cfg: DataConfig, seed: int, epoch: int = 0, img_size: int = 3
 def write_manifest(manifest: dict, path: str, cfg: DataConfig) -> None:
     fs, p = storage.filesystem(path, cfg.s3)
     storage.write_bytes(fs, p, (json.dumps(manifest, indent=2) + "\n").encode())
-
-

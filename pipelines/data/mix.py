@@ -73,7 +73,7 @@ class SlotPattern:
         k = self.window
         w0, w1 = start // k, (stop - 1) // k
         full = np.concatenate([self.window_mask(w) for w in range(w0, w1 + 1)])
-        return full[start - w0 * k: stop - w0 * k]
+        return full[start - w0 * k : stop - w0 * k]
 
     def pool_before(self, j: int) -> int:
         """Pool slots in [0, j)."""
@@ -163,7 +163,7 @@ class CuratedStream:
                     break
                 if e <= lo or e == s:
                     continue
-                rows = self.rows_in_chunk(c, int(order[i]))[max(lo - s, 0): min(hi, e) - s]
+                rows = self.rows_in_chunk(c, int(order[i]))[max(lo - s, 0) : min(hi, e) - s]
                 out.append((c, int(order[i]), rows))
         return out
 
@@ -184,7 +184,7 @@ def slot_hash(key: str, slots: np.ndarray) -> np.ndarray:
     """A 63-bit hash per sample id (splitmix64 of the id plus a hash of `key`), the same in every process."""
     with np.errstate(over="ignore"):
         x = np.asarray(slots, dtype=np.uint64) + np.uint64(int(stable_id(key)))
-        x = (x + np.uint64(0x9E3779B97F4A7C15))
+        x = x + np.uint64(0x9E3779B97F4A7C15)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))

@@ -15,7 +15,6 @@ with an error naming it.
 
 from __future__ import annotations
 
-
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,8 +28,16 @@ from pipelines.data.reader import SLOTS_PER_EPOCH, ReadContext, mixed_datasource
 from pipelines.data.select import Selection, select_pool
 from pipelines.data.storage import filesystem
 
-__all__ = ["build_train_dataset", "iter_torch_batches", "build_epoch", "BuiltEpoch", "compute_selections",
-           "use_selections", "plan_stream", "StreamPlan"]
+__all__ = [
+    "build_train_dataset",
+    "iter_torch_batches",
+    "build_epoch",
+    "BuiltEpoch",
+    "compute_selections",
+    "use_selections",
+    "plan_stream",
+    "StreamPlan",
+]
 
 _SELECTIONS: dict[str, Selection] = {}
 
@@ -117,8 +124,10 @@ class StreamPlan:
     def rows(self, items: list[tuple[int, int]]) -> int:
         """Slots planned in `items` ((task index, after) pairs), an upper bound on the rows they give."""
         stops = self.task_stops
-        return sum(stops[t] - max(self.tasks[t]["epoch"] * SLOTS_PER_EPOCH + self.tasks[t]["slot_start"],
-                                  a + 1) for t, a in items)
+        return sum(
+            stops[t] - max(self.tasks[t]["epoch"] * SLOTS_PER_EPOCH + self.tasks[t]["slot_start"], a + 1)
+            for t, a in items
+        )
 
     def dataset(self, items: list[tuple[int, int]] | None = None, share: int = 1):
         """A `ray.data.Dataset` (columns `image`, `slot`) over `items` in order (default: every task),
@@ -131,18 +140,30 @@ class StreamPlan:
         d, fused, kwargs = self.decode, self.decode.compute == "fused", self.decode_kwargs
         conc = max(1, -(-d.concurrency // share))
         ds = ray.data.read_datasource(
-            mixed_datasource(specs, self.ctx), override_num_blocks=max(len(specs), 1),
+            mixed_datasource(specs, self.ctx),
+            override_num_blocks=max(len(specs), 1),
             num_cpus=d.num_cpus if fused else d.read_num_cpus,
-            compute=TaskPoolStrategy(size=conc if fused else max(1, -(-d.read_concurrency // share))))
+            compute=TaskPoolStrategy(size=conc if fused else max(1, -(-d.read_concurrency // share))),
+        )
         tracker = self.ctx.tracker
         if d.compute == "actors":
-            ds = ds.map_batches(DecodeActor, batch_size=d.batch_size, batch_format="numpy",
-                                fn_constructor_kwargs={**kwargs, "tracker": tracker},
-                                compute=ActorPoolStrategy(size=conc), num_cpus=d.num_cpus)
+            ds = ds.map_batches(
+                DecodeActor,
+                batch_size=d.batch_size,
+                batch_format="numpy",
+                fn_constructor_kwargs={**kwargs, "tracker": tracker},
+                compute=ActorPoolStrategy(size=conc),
+                num_cpus=d.num_cpus,
+            )
         elif d.compute == "tasks":
-            ds = ds.map_batches(decode_batch, batch_size=d.batch_size, batch_format="numpy",
-                                fn_kwargs={**kwargs, "tracker": tracker},
-                                compute=TaskPoolStrategy(size=conc), num_cpus=d.num_cpus)
+            ds = ds.map_batches(
+                decode_batch,
+                batch_size=d.batch_size,
+                batch_format="numpy",
+                fn_kwargs={**kwargs, "tracker": tracker},
+                compute=TaskPoolStrategy(size=conc),
+                num_cpus=d.num_cpus,
+            )
         # Ray Data cuts output blocks by bytes (this dataset's context only). When one decode call returns
         # at least 3/4 of block_rows images (fused: block_rows per call; tasks/actors: batch_size), a target
         # at 3/4 of block_rows passes each output straight through as one contiguous block. Smaller outputs
@@ -170,9 +191,17 @@ def _chain_until(plans: list[EpochPlan], more, min_samples: int, world: int) -> 
         plans.append(more(plans[-1].epoch + 1))
 
 
-def plan_stream(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_source: bool = False,
-                fresh_selection: bool = False, num_epochs: int = 1, min_samples: int = 0,
-                world: int = 1) -> tuple[StreamPlan, Selection, CuratedSource, list[EpochPlan], Quality]:
+def plan_stream(
+    cfg: DataConfig,
+    img_size: int,
+    seed: int,
+    epoch: int = 0,
+    keep_source: bool = False,
+    fresh_selection: bool = False,
+    num_epochs: int = 1,
+    min_samples: int = 0,
+    world: int = 1,
+) -> tuple[StreamPlan, Selection, CuratedSource, list[EpochPlan], Quality]:
     """Select, plan `num_epochs` epochs from `epoch` (or, with `min_samples` > 0, as many as it takes for
     each of `world` round-robin ranks to stream 1.05 x its share of that many samples), and the tracker."""
     fs, root = filesystem(cfg.pool.uri, cfg.s3)
@@ -191,24 +220,44 @@ def plan_stream(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_
     kwargs = {"img_size": img_size, "aug": cfg.augment, "keep_source": keep_source}
     fused = d.compute == "fused"
     # fused: a read task decodes and yields whole blocks of block_rows images (see StreamPlan.dataset)
-    ctx = ReadContext(fs, sel.score_column, sel.threshold, cur, seed, cfg.mix.pool_probability,
-                      cfg.mix.window, d.block_rows if fused else d.read_chunk, tracker, kwargs if fused else None)
+    ctx = ReadContext(
+        fs,
+        sel.score_column,
+        sel.threshold,
+        cur,
+        seed,
+        cfg.mix.pool_probability,
+        cfg.mix.window,
+        d.block_rows if fused else d.read_chunk,
+        tracker,
+        kwargs if fused else None,
+    )
     return StreamPlan(tasks, ctx, d, kwargs, img_size), sel, cur, plans, tracker
 
 
-def build_epoch(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, keep_source: bool = False,
-                fresh_selection: bool = False, num_epochs: int = 1, min_samples: int = 0) -> BuiltEpoch:
+def build_epoch(
+    cfg: DataConfig,
+    img_size: int,
+    seed: int,
+    epoch: int = 0,
+    keep_source: bool = False,
+    fresh_selection: bool = False,
+    num_epochs: int = 1,
+    min_samples: int = 0,
+) -> BuiltEpoch:
     """Everything `build_train_dataset` builds, plus the plans and tracker (for manifests and tests).
 
     `min_samples` > 0 chains as many epochs as it takes to stream at least that many samples (5% spare
     for skipped images and per-worker remainders), overriding `num_epochs`."""
-    plan, sel, cur, plans, tracker = plan_stream(cfg, img_size, seed, epoch, keep_source, fresh_selection,
-                                                 num_epochs, min_samples)
+    plan, sel, cur, plans, tracker = plan_stream(
+        cfg, img_size, seed, epoch, keep_source, fresh_selection, num_epochs, min_samples
+    )
     return BuiltEpoch(plan.dataset(), sel, cur, plans, tracker)
 
 
-def build_train_dataset(cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, num_epochs: int = 1,
-                        min_samples: int = 0):
+def build_train_dataset(
+    cfg: DataConfig, img_size: int, seed: int, epoch: int = 0, num_epochs: int = 1, min_samples: int = 0
+):
     """The mixed, decoded, augmented training stream: a `ray.data.Dataset` with one column, `image`,
     float32 (3, img_size, img_size), mean/std normalised. Same (seed, epoch) -> same samples, order (with
     preserve_order) and crops; another epoch -> another order and crops.
@@ -226,7 +275,7 @@ def iter_torch_batches(ds_or_shard, batch_size: int, drop_last: bool = True, **k
     Extra keyword arguments go to Ray's `iter_torch_batches` (e.g. local_shuffle_buffer_size)."""
     import torch
 
-    for batch in ds_or_shard.iter_torch_batches(batch_size=batch_size, drop_last=drop_last,
-                                                dtypes={"image": torch.float32, "slot": torch.int64},
-                                                **kwargs):
+    for batch in ds_or_shard.iter_torch_batches(
+        batch_size=batch_size, drop_last=drop_last, dtypes={"image": torch.float32, "slot": torch.int64}, **kwargs
+    ):
         yield batch["image"]

@@ -73,10 +73,19 @@ def plan_epoch(cfg: DataConfig, sel: Selection, cur: CuratedSource, seed: int, e
     for shard, r in zip(order, ranges):
         if r.slot_stop == r.slot_start:
             continue
-        tasks.append({"shard": shard.name, "tar": shard.tar, "meta": shard.meta,
-                      "drop": sel.drop_keys.get(shard.name, []), "n_pool": r.n_pool,
-                      "slot_start": r.slot_start, "slot_stop": r.slot_stop,
-                      "cur_start": r.cur_start, "cur_stop": r.cur_stop})
+        tasks.append(
+            {
+                "shard": shard.name,
+                "tar": shard.tar,
+                "meta": shard.meta,
+                "drop": sel.drop_keys.get(shard.name, []),
+                "n_pool": r.n_pool,
+                "slot_start": r.slot_start,
+                "slot_stop": r.slot_stop,
+                "cur_start": r.cur_start,
+                "cur_stop": r.cur_stop,
+            }
+        )
     n_pool = sum(r.n_pool for r in ranges)
     n_cur = ranges[-1].cur_stop
     if n_cur and cur.rows == 0:

@@ -26,8 +26,9 @@ class QualityTracker:
     def __init__(self):
         self.bad: dict[str, dict[str, dict[str, set[int]]]] = {}
 
-    def report(self, build: str, shard: str, reason: str, slots: list[int], expected: int,
-               max_bad: float) -> str | None:
+    def report(
+        self, build: str, shard: str, reason: str, slots: list[int], expected: int, max_bad: float
+    ) -> str | None:
         """Record `slots` in `build`'s ledger; a message if the shard is now past `max_bad` of `expected`."""
         ledger = self.bad.setdefault(build, {}).setdefault(shard, {})
         ledger.setdefault(reason, set()).update(slots)
@@ -37,8 +38,10 @@ class QualityTracker:
             kind, _, name = shard.partition(":")
             what = "pool shard" if kind == "pool" else "curated file"
             reasons = ", ".join(f"{len(s)} {r}" for r, s in sorted(ledger.items()))
-            return (f"{what} {name!r}: {n_bad} of {total} samples are unusable ({reasons}), more than "
-                    f"data.max_bad_fraction={max_bad}")
+            return (
+                f"{what} {name!r}: {n_bad} of {total} samples are unusable ({reasons}), more than "
+                f"data.max_bad_fraction={max_bad}"
+            )
         return None
 
     def summary(self, build: str) -> dict:
@@ -101,7 +104,10 @@ def report_bad(quality: Quality, bad: dict[str, list[int]], reason: str) -> None
     import ray
 
     for shard, slots in bad.items():
-        message = ray.get(quality.actor.report.remote(quality.build, shard, reason, slots,
-                                                      quality.expected.get(shard, 0), quality.max_bad))
+        message = ray.get(
+            quality.actor.report.remote(
+                quality.build, shard, reason, slots, quality.expected.get(shard, 0), quality.max_bad
+            )
+        )
         if message:
             raise BadSamplesError(message)

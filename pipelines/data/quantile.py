@@ -44,12 +44,22 @@ def merge_stats(a, b):
 def local_primitives(values: np.ndarray) -> tuple[Histogram, Collect]:
     """In-memory primitives (tests, small data)."""
     values = np.asarray(values, dtype=np.float64)
-    return (lambda edges, closed: bin_stats(values, edges, closed),
-            lambda lo, hi: values[(values >= lo) & (values <= hi)])
+    return (
+        lambda edges, closed: bin_stats(values, edges, closed),
+        lambda lo, hi: values[(values >= lo) & (values <= hi)],
+    )
 
 
-def order_statistic_pair(n: int, rank: int, lo: float, hi: float, histogram: Histogram, collect: Collect,
-                         bins: int = 1024, collect_limit: int = 65536) -> tuple[float, float]:
+def order_statistic_pair(
+    n: int,
+    rank: int,
+    lo: float,
+    hi: float,
+    histogram: Histogram,
+    collect: Collect,
+    bins: int = 1024,
+    collect_limit: int = 65536,
+) -> tuple[float, float]:
     """(v[rank], v[rank + 1]) of the ascending sorted values (v[rank + 1] = v[rank] at the end).
 
     `lo`/`hi` are the global min/max and `n` the count of values.
@@ -65,7 +75,7 @@ def order_statistic_pair(n: int, rank: int, lo: float, hi: float, histogram: His
         i = int(np.searchsorted(cum, rank - below, side="right"))
         before = below + int(cum[i] - counts[i])
         if rank + 1 - before >= counts[i]:  # v[rank + 1] is the min of the next non-empty bin
-            later = np.flatnonzero(counts[i + 1:])
+            later = np.flatnonzero(counts[i + 1 :])
             nxt = float(mins[i + 1 + later[0]]) if len(later) else nxt
         below, inside, lo, hi = before, int(counts[i]), float(mins[i]), float(maxs[i])
         if inside <= collect_limit and lo != hi:
@@ -76,8 +86,7 @@ def order_statistic_pair(n: int, rank: int, lo: float, hi: float, histogram: His
     raise RuntimeError("quantile descent did not converge")  # pragma: no cover
 
 
-def quantile_linear(n: int, q: float, lo: float, hi: float, histogram: Histogram, collect: Collect,
-                    **kw) -> float:
+def quantile_linear(n: int, q: float, lo: float, hi: float, histogram: Histogram, collect: Collect, **kw) -> float:
     """`np.quantile(values, q)` (default 'linear' method), computed with the distributed primitives."""
     if n == 0:
         raise ValueError("no values")

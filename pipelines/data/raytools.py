@@ -85,6 +85,7 @@ def scan_reduce(items: list[dict], per_item: Callable[[dict], Any], combine: Cal
     Each block of items is reduced inside its task; the driver only merges one partial per block, so
     what it receives grows with the number of blocks (<= 4096), not with the data.
     """
+
     def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         acc = _fold(combine, (per_item(json.loads(s)) for s in batch["spec"]))
         return {"part": np.array([pickle.dumps(acc)], dtype=object)}
@@ -97,8 +98,9 @@ def scan_reduce(items: list[dict], per_item: Callable[[dict], Any], combine: Cal
     # at most one task per CPU: more would each start a fresh worker process (~1 CPU-s apiece), which on a
     # small machine costs more than the metadata reads they overlap
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    parts = items_dataset(items).map_batches(run, batch_size=None, batch_format="numpy", num_cpus=SCAN_CPUS,
-                                             compute=TaskPoolStrategy(size=cpus))
+    parts = items_dataset(items).map_batches(
+        run, batch_size=None, batch_format="numpy", num_cpus=SCAN_CPUS, compute=TaskPoolStrategy(size=cpus)
+    )
     return _fold(combine, (pickle.loads(row["part"]) for row in parts.iter_rows()))
 
 

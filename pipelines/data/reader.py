@@ -58,8 +58,10 @@ def _pool_images(spec: dict, ctx: ReadContext) -> list[bytes | None]:
         keep = valid & (np.nan_to_num(scores, nan=-np.inf) >= ctx.threshold)
         keys = np.asarray(table["key"].to_pylist(), dtype=object)[keep]
         if len(keys) != spec["n_pool"]:
-            raise DataError(f"pool shard {name!r}: {len(keys)} rows pass the selection, the plan expected "
-                            f"{spec['n_pool']} (did the shard change since selection?)")
+            raise DataError(
+                f"pool shard {name!r}: {len(keys)} rows pass the selection, the plan expected "
+                f"{spec['n_pool']} (did the shard change since selection?)"
+            )
         keys = keys[row_order(len(keys), ctx.seed, spec["epoch"], name)]
         wanted, found = set(keys), {}
         for key, files in formats.iter_wds(ctx.pool_fs, spec["tar"], exts=set(formats.IMAGE_EXTS)):
@@ -78,8 +80,9 @@ def _curated_images(spec: dict, ctx: ReadContext) -> tuple[list[bytes | None], l
     for _, chunk, rows in stream.locate(spec["cur_start"], spec["cur_stop"]):
         if chunk not in cache:
             f, c = cur.chunks[chunk]
-            cache[chunk] = formats.read_curated_chunk(cur.fs, cur.files[f], c, cur.cfg.image_column,
-                                                      cur.cfg.label_column, cur.cfg.split)[0]
+            cache[chunk] = formats.read_curated_chunk(
+                cur.fs, cur.files[f], c, cur.cfg.image_column, cur.cfg.label_column, cur.cfg.split
+            )[0]
         images += [cache[chunk][r] for r in rows]
         names += [f"curated:{cur.file_name(chunk)}"] * len(rows)
     return images, names
@@ -92,8 +95,10 @@ def _mixed(spec: dict, ctx: ReadContext) -> tuple[np.ndarray, np.ndarray, np.nda
     pool = _pool_images(spec, ctx) if spec["n_pool"] else []
     cur, cur_names = _curated_images(spec, ctx)
     if is_pool.sum() != len(pool) or (~is_pool).sum() != len(cur):
-        raise DataError(f"pool shard {spec['shard']!r}: read plan mismatch ({len(pool)} pool / {len(cur)} "
-                        f"curated rows for {is_pool.sum()} / {(~is_pool).sum()} slots)")
+        raise DataError(
+            f"pool shard {spec['shard']!r}: read plan mismatch ({len(pool)} pool / {len(cur)} "
+            f"curated rows for {is_pool.sum()} / {(~is_pool).sum()} slots)"
+        )
     images = np.empty(stop - start, dtype=object)
     names = np.empty(stop - start, dtype=object)
     images[is_pool], images[~is_pool] = pool, cur
@@ -117,9 +122,15 @@ def _read_one(spec: dict, ctx: ReadContext) -> Iterator[pa.Table]:
     images, is_pool, names, slots, seeds = (a[present] for a in (images, is_pool, names, slots, seeds))
     for i in range(0, len(slots), ctx.chunk):
         s = slice(i, i + ctx.chunk)
-        table = pa.table({"image": pa.array(list(images[s]), pa.binary()), "is_pool": pa.array(is_pool[s]),
-                          "shard": pa.array(list(names[s]), pa.string()), "slot": pa.array(slots[s]),
-                          "aug_seed": pa.array(seeds[s])})
+        table = pa.table(
+            {
+                "image": pa.array(list(images[s]), pa.binary()),
+                "is_pool": pa.array(is_pool[s]),
+                "shard": pa.array(list(names[s]), pa.string()),
+                "slot": pa.array(slots[s]),
+                "aug_seed": pa.array(seeds[s]),
+            }
+        )
         yield table if ctx.decode is None else _decoded(table, ctx)
 
 
@@ -159,10 +170,18 @@ def mixed_datasource(specs: list[dict], ctx: ReadContext):
             return None
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
-            return [ReadTask(functools.partial(_read_task, spec, token, ctx_ref),
-                             BlockMetadata(num_rows=spec["slot_stop"] - spec["slot_start"], size_bytes=None,
-                                           exec_stats=None, input_files=(spec["tar"],)),
-                             per_task_row_limit=per_task_row_limit)
-                    for spec in specs]
+            return [
+                ReadTask(
+                    functools.partial(_read_task, spec, token, ctx_ref),
+                    BlockMetadata(
+                        num_rows=spec["slot_stop"] - spec["slot_start"],
+                        size_bytes=None,
+                        exec_stats=None,
+                        input_files=(spec["tar"],),
+                    ),
+                    per_task_row_limit=per_task_row_limit,
+                )
+                for spec in specs
+            ]
 
     return MixedShards()

@@ -57,8 +57,11 @@ class Selection:
 def shard_scores(fs, meta_path: str, score: str, drop: list[str]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """(key/score table, is_duplicate mask, is_valid mask) for one shard's metadata."""
     table = formats.read_metadata(fs, meta_path, ["key", score])
-    is_dup = pc.is_in(table["key"], value_set=pa.array(drop, pa.string())).to_numpy(zero_copy_only=False) \
-        if drop else np.zeros(table.num_rows, dtype=bool)
+    is_dup = (
+        pc.is_in(table["key"], value_set=pa.array(drop, pa.string())).to_numpy(zero_copy_only=False)
+        if drop
+        else np.zeros(table.num_rows, dtype=bool)
+    )
     values = table[score].cast(pa.float64()).to_numpy(zero_copy_only=False)
     valid = ~is_dup & np.isfinite(values)  # nulls arrive as NaN
     return table, is_dup, valid
@@ -78,8 +81,12 @@ def _stats_pass(fs, score: str, items: list[dict]) -> tuple[dict[str, ShardCount
         table, is_dup, valid = shard_scores(fs, item["meta"], score, item["drop"])
         v = table[score].cast(pa.float64()).to_numpy(zero_copy_only=False)[valid]
         c = ShardCounts(item["name"], table.num_rows, int(is_dup.sum()), int((~valid & ~is_dup).sum()))
-        return {item["name"]: c}, len(v), (float(v.min()) if len(v) else math.inf), \
-            (float(v.max()) if len(v) else -math.inf)
+        return (
+            {item["name"]: c},
+            len(v),
+            (float(v.min()) if len(v) else math.inf),
+            (float(v.max()) if len(v) else -math.inf),
+        )
 
     def combine(a, b):
         return {**a[0], **b[0]}, a[1] + b[1], min(a[2], b[2]), max(a[3], b[3])
@@ -95,6 +102,7 @@ def _threshold(fs, score: str, items: list[dict], n: int, lo: float, hi: float, 
         def per_item(it):
             v = _valid_scores(fs, score, it)
             return v[(v >= a) & (v <= b)]
+
         return scan_reduce(items, per_item, lambda x, y: np.concatenate([x, y]))
 
     return quantile_linear(n, 1.0 - top_fraction, lo, hi, histogram, collect)
@@ -124,11 +132,14 @@ def find_duplicates(fs, shards: list[formats.PoolShard]) -> dict[str, list[str]]
         return pa.concat_tables(tables)
 
     meta = items_dataset([{"name": s.name, "meta": s.meta} for s in shards]).map_batches(
-        rows, batch_size=None, batch_format="numpy", num_cpus=SCAN_CPUS)
+        rows, batch_size=None, batch_format="numpy", num_cpus=SCAN_CPUS
+    )
     import ray
 
     parts = max(1, min(len(shards), 2 * int(ray.cluster_resources().get("CPU", 1)), 256))
-    dup_uids = [r["uid"] for r in meta.groupby("uid", num_partitions=parts).count().filter(expr=col("count()") > 1).iter_rows()]
+    dup_uids = [
+        r["uid"] for r in meta.groupby("uid", num_partitions=parts).count().filter(expr=col("count()") > 1).iter_rows()
+    ]
     if not dup_uids:
         return {}
     dups = meta.filter(expr=col("uid").is_in(dup_uids)).take_all()

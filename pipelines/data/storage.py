@@ -17,11 +17,32 @@ import pyarrow.fs as pafs
 
 from pipelines.data.config import S3Config
 
-__all__ = ["StorageError", "RetryingS3FileSystem", "retry_attempts", "credentials_hidden_from_ray", "resolve", "filesystem", "is_s3", "display", "list_dir", "read_bytes",
-           "write_bytes", "exists", "storage_error"]
+__all__ = [
+    "StorageError",
+    "RetryingS3FileSystem",
+    "retry_attempts",
+    "credentials_hidden_from_ray",
+    "resolve",
+    "filesystem",
+    "is_s3",
+    "display",
+    "list_dir",
+    "read_bytes",
+    "write_bytes",
+    "exists",
+    "storage_error",
+]
 
-_AUTH_CODES = ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "EXPIRED_TOKEN",
-               "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "UNKNOWN (HTTP status 403)")
+_AUTH_CODES = (
+    "ACCESS_DENIED",
+    "INVALID_ACCESS_KEY_ID",
+    "SIGNATURE_DOES_NOT_MATCH",
+    "EXPIRED_TOKEN",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "UNKNOWN (HTTP status 403)",
+)
 
 
 _UNREACHABLE = ("NETWORK_CONNECTION", "Could not connect to server", "curlCode: 7,", "curlCode: 28,")
@@ -37,8 +58,12 @@ def is_s3(uri: str) -> bool:
 
 def _endpoint(s3: S3Config | None) -> tuple[str | None, str]:
     url = (s3.endpoint_url if s3 else None) or os.environ.get("AWS_ENDPOINT_URL") or None
-    region = (s3.region if s3 else None) or os.environ.get("AWS_REGION") or os.environ.get(
-        "AWS_DEFAULT_REGION") or "us-east-1"
+    region = (
+        (s3.region if s3 else None)
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1"
+    )
     return url, region
 
 
@@ -129,9 +154,9 @@ def resolve(uri: str, s3: S3Config | None = None, keys_in_pickle: bool = False) 
     For checkpoint / sweep storage: the S3 filesystem pickles without credentials (Ray Train and Tune write
     it to disk); where it is unpickled, credentials come from that process's environment."""
     if is_s3(uri):
-        return s3_filesystem(s3, keys_in_pickle), uri[len("s3://"):].rstrip("/")
+        return s3_filesystem(s3, keys_in_pickle), uri[len("s3://") :].rstrip("/")
     if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+        uri = uri[len("file://") :]
     return None, str(Path(uri).expanduser().resolve())
 
 
@@ -154,13 +179,17 @@ def storage_error(err: OSError, fs: pafs.FileSystem, path: str, action: str) -> 
     if isinstance(err, FileNotFoundError) or "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
         return StorageError(f"{action} {where}: not found")
     if any(code in text for code in _AUTH_CODES):
-        return StorageError(f"{action} {where}: access denied by the storage endpoint; check AWS_ACCESS_KEY_ID / "
-                            "AWS_SECRET_ACCESS_KEY in the environment and data.s3.endpoint_url")
+        return StorageError(
+            f"{action} {where}: access denied by the storage endpoint; check AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY in the environment and data.s3.endpoint_url"
+        )
     if any(code in text for code in _UNREACHABLE):
         retried = f"retried for {fs.retry_window:.0f} s; " if isinstance(fs, RetryingS3FileSystem) else ""
         endpoint = fs.endpoint if isinstance(fs, RetryingS3FileSystem) else "the storage endpoint"
-        return StorageError(f"{action} {where}: storage endpoint {endpoint} unreachable ({retried}check that it is "
-                            "up, data.s3.endpoint_url and data.s3.retry_seconds)")
+        return StorageError(
+            f"{action} {where}: storage endpoint {endpoint} unreachable ({retried}check that it is "
+            "up, data.s3.endpoint_url and data.s3.retry_seconds)"
+        )
     first = text.split("\n")[0]
     first = re.sub(r"\(Request ID: [^)]*\)", "", first).strip()
     return StorageError(f"{action} {where}: {first}")

@@ -64,8 +64,10 @@ class Position:
     def from_dict(cls, d: dict) -> Position:
         deal = d["deal"]
         items = tuple((int(t), int(a)) for t, a in deal["items"])
-        return cls(Deal(int(deal["origin_step"]), int(deal["world"]), items, int(deal["tail_from"])),
-                   [int(a) for a in d["after"]])
+        return cls(
+            Deal(int(deal["origin_step"]), int(deal["world"]), items, int(deal["tail_from"])),
+            [int(a) for a in d["after"]],
+        )
 
     def resumed(self, world: int, step: int, task_stops: list[int]) -> Position:
         """This position for a run of `world` workers at `step`: itself for the same world, else the rest
@@ -81,7 +83,7 @@ class Position:
 
 
 def worker_items(deal: Deal, rank: int, n_tasks: int) -> list[tuple[int, int]]:
-    return deal.listing(n_tasks)[rank::deal.world]
+    return deal.listing(n_tasks)[rank :: deal.world]
 
 
 def remaining(items: list[tuple[int, int]], after: int, task_stops: list[int]) -> list[tuple[int, int]]:
@@ -107,8 +109,9 @@ class WorkerStream:
     `consumed // window` and its first `consumed % window` rows (in shuffled order) are dropped. Each image
     is copied once, into its batch (the window only holds an index into the blocks)."""
 
-    def __init__(self, blocks: Iterator[dict], window: int, shuffle: bool, key: tuple[int, ...],
-                 start_after: int, consumed: int) -> None:
+    def __init__(
+        self, blocks: Iterator[dict], window: int, shuffle: bool, key: tuple[int, ...], start_after: int, consumed: int
+    ) -> None:
         self.blocks, self.window, self.shuffle, self.key = iter(blocks), window, shuffle, key
         self.w, drop = divmod(consumed, window)
         self.after = start_after  # id of the last row before the current window
@@ -132,7 +135,7 @@ class WorkerStream:
         while need > 0 and (nxt := self._next_block()) is not None:
             block, off = nxt
             n = min(need, len(block["slot"]) - off)
-            pieces.append((block["image"], np.arange(off, off + n), block["slot"][off:off + n]))
+            pieces.append((block["image"], np.arange(off, off + n), block["slot"][off : off + n]))
             need -= n
             if off + n < len(block["slot"]):
                 self._pending = (block, off + n)
@@ -151,7 +154,7 @@ class WorkerStream:
                 if self._cur is None:
                     break
             k = min(n, len(self._cur.order) - self._cur.taken)
-            out.append((self._cur, self._cur.order[self._cur.taken:self._cur.taken + k]))
+            out.append((self._cur, self._cur.order[self._cur.taken : self._cur.taken + k]))
             self._cur.taken += k
             n -= k
             if self._cur.taken == len(self._cur.order):
@@ -186,7 +189,7 @@ class _Window:
         """(images, slots) at window positions: a view when they are consecutive rows of one block."""
         pieces, rows = self.piece[positions], self.rows[positions]
         if (pieces == pieces[0]).all() and (np.diff(rows) == 1).all():
-            return self.images[pieces[0]][rows[0]:rows[-1] + 1], self.slots[positions]
+            return self.images[pieces[0]][rows[0] : rows[-1] + 1], self.slots[positions]
         first = self.images[pieces[0]]
         out = np.empty((len(positions), *first.shape[1:]), dtype=first.dtype)
         for i in np.unique(pieces):

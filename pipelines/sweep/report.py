@@ -15,33 +15,57 @@ from pathlib import Path
 from pipelines import tracking
 from pipelines.sweep.stats import ALPHA, Summary, summarize, welch_test
 
-__all__ = ["Row", "Verdict", "collect_rows", "summarize_rows", "axis_verdicts", "write_report", "PAPER",
-           "PAPER_BEST", "PAPER_SOURCE"]
+__all__ = [
+    "Row",
+    "Verdict",
+    "collect_rows",
+    "summarize_rows",
+    "axis_verdicts",
+    "write_report",
+    "PAPER",
+    "PAPER_BEST",
+    "PAPER_SOURCE",
+]
 
-PAPER_SOURCE = ("El-Nouby et al. 2024, 'Scalable Pre-training of Large Autoregressive Image Models' "
-                "(arXiv 2401.08541), AIM-0.6B ablations on IN-1k, as listed in the project's REFERENCE.md")
+PAPER_SOURCE = (
+    "El-Nouby et al. 2024, 'Scalable Pre-training of Large Autoregressive Image Models' "
+    "(arXiv 2401.08541), AIM-0.6B ablations on IN-1k, as listed in the project's REFERENCE.md"
+)
 # The paper's AIM-0.6B ablations (linear / attentive top-1 on IN-1k), where the reference gives them.
 PAPER: dict[tuple[str, str], tuple[float | None, float]] = {
-    ("order", "raster"): (69.5, 77.4), ("order", "spiral"): (67.7, 76.3),
-    ("order", "checkerboard"): (68.2, 76.0), ("order", "random"): (65.8, 75.7),
-    ("crop_scale", "0.08"): (68.4, 77.7), ("crop_scale", "0.4"): (70.0, 78.2), ("crop_scale", "1.0"): (49.6, 63.5),
-    ("head", "none"): (64.0, 75.4), ("head", "mlp"): (70.0, 78.2), ("head", "transformer"): (70.5, 78.5),
-    ("head_width", "512"): (None, 77.7), ("head_width", "1024"): (None, 78.1), ("head_width", "2048"): (None, 78.2),
-    ("head_depth", "6"): (None, 76.2), ("head_depth", "8"): (None, 77.1), ("head_depth", "12"): (None, 78.2),
+    ("order", "raster"): (69.5, 77.4),
+    ("order", "spiral"): (67.7, 76.3),
+    ("order", "checkerboard"): (68.2, 76.0),
+    ("order", "random"): (65.8, 75.7),
+    ("crop_scale", "0.08"): (68.4, 77.7),
+    ("crop_scale", "0.4"): (70.0, 78.2),
+    ("crop_scale", "1.0"): (49.6, 63.5),
+    ("head", "none"): (64.0, 75.4),
+    ("head", "mlp"): (70.0, 78.2),
+    ("head", "transformer"): (70.5, 78.5),
+    ("head_width", "512"): (None, 77.7),
+    ("head_width", "1024"): (None, 78.1),
+    ("head_width", "2048"): (None, 78.2),
+    ("head_depth", "6"): (None, 76.2),
+    ("head_depth", "8"): (None, 77.1),
+    ("head_depth", "12"): (None, 78.2),
 }
 # Axes where the paper names the winner without numbers here: the value (or a value's prefix) it found best.
 PAPER_BEST: dict[str, str] = {"target": "norm_pixel", "attention": "prefix", "shape": "wide"}
 METRICS = ("final_loss", "linear_top1", "attentive_top1", "images_per_s")
 VERDICT_METRIC = "attentive_top1"
-TEST_NOTE = (f"Verdicts compare, on attentive top-1 over seeds, the paper's best value of each axis with each "
-             f"other value: Welch's t-test (unequal variances), two-sided, alpha {ALPHA}. With one seed the "
-             "verdict is 'not separable (one seed)'. Intervals: mean ± t(0.975, n-1)·std/sqrt(n). "
-             f"Paper numbers: {PAPER_SOURCE}.")
+TEST_NOTE = (
+    f"Verdicts compare, on attentive top-1 over seeds, the paper's best value of each axis with each "
+    f"other value: Welch's t-test (unequal variances), two-sided, alpha {ALPHA}. With one seed the "
+    "verdict is 'not separable (one seed)'. Intervals: mean ± t(0.975, n-1)·std/sqrt(n). "
+    f"Paper numbers: {PAPER_SOURCE}."
+)
 
 
 @dataclass
 class Row:
     """One (axis, value): metric means over seeds; `samples` holds the per-seed values behind them."""
+
     axis: str
     value: str
     trial: str
@@ -98,18 +122,31 @@ def _metric_mean(c, run_id: str, key: str) -> float | None:
 def _records(c, parent: str) -> tuple[dict, list[Row]]:
     """The plan and one record per planned trial (each seed's own); values equal to the base reuse its run."""
     plan = _plan(c, parent)
-    children = c.search_runs([c.get_run(parent).info.experiment_id],
-                             filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    children = c.search_runs(
+        [c.get_run(parent).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'"
+    )
     by_trial = {r.data.tags.get("trial"): r for r in children}
     rows = []
     for t in plan["trials"]:
         run = by_trial.get(t["duplicate_of"] or t["trial_id"])
         m = run.data.metrics if run else {}
-        value = ", ".join(f"{a}={v}" for a, v in t.get("assignments", {}).items()) if t["axis"] == "grid" else t["value"]
-        rows.append(Row(t["axis"], value, t["trial_id"], run.info.run_id if run else None,
-                        m.get("train/loss"), m.get("probe/linear_top1"), m.get("probe/attentive_top1"),
-                        _metric_mean(c, run.info.run_id, "train/images_per_s") if run else None,
-                        t.get("assignments"), int(t.get("seed", 0))))
+        value = (
+            ", ".join(f"{a}={v}" for a, v in t.get("assignments", {}).items()) if t["axis"] == "grid" else t["value"]
+        )
+        rows.append(
+            Row(
+                t["axis"],
+                value,
+                t["trial_id"],
+                run.info.run_id if run else None,
+                m.get("train/loss"),
+                m.get("probe/linear_top1"),
+                m.get("probe/attentive_top1"),
+                _metric_mean(c, run.info.run_id, "train/images_per_s") if run else None,
+                t.get("assignments"),
+                int(t.get("seed", 0)),
+            )
+        )
     return plan, rows
 
 
@@ -134,8 +171,21 @@ def summarize_rows(records: list[Row], grid: bool = False) -> list[Row]:
     for (axis, value), rs in groups.items():
         samples = {m: [getattr(r, m) for r in rs if getattr(r, m) is not None] for m in METRICS}
         means = {m: (sum(v) / len(v) if v else None) for m, v in samples.items()}
-        out.append(Row(axis, value, rs[0].trial, rs[0].run_id, means["final_loss"], means["linear_top1"],
-                       means["attentive_top1"], means["images_per_s"], rs[0].assignments, None, samples))
+        out.append(
+            Row(
+                axis,
+                value,
+                rs[0].trial,
+                rs[0].run_id,
+                means["final_loss"],
+                means["linear_top1"],
+                means["attentive_top1"],
+                means["images_per_s"],
+                rs[0].assignments,
+                None,
+                samples,
+            )
+        )
     return out
 
 
@@ -151,9 +201,20 @@ def _with_marginals(rows: list[Row]) -> list[Row]:
     for axis in dict.fromkeys(a for r in rows for a in (r.assignments or {})):
         for value in dict.fromkeys((r.assignments or {}).get(axis) for r in rows if r.assignments):
             sub = [r for r in rows if (r.assignments or {}).get(axis) == value]
-            out.append(Row(axis, value, f"mean of {len(sub)}", None, _mean([r.final_loss for r in sub]),
-                           _mean([r.linear_top1 for r in sub]), _mean([r.attentive_top1 for r in sub]),
-                           _mean([r.images_per_s for r in sub]), None, sub[0].seed if sub else None))
+            out.append(
+                Row(
+                    axis,
+                    value,
+                    f"mean of {len(sub)}",
+                    None,
+                    _mean([r.final_loss for r in sub]),
+                    _mean([r.linear_top1 for r in sub]),
+                    _mean([r.attentive_top1 for r in sub]),
+                    _mean([r.images_per_s for r in sub]),
+                    None,
+                    sub[0].seed if sub else None,
+                )
+            )
     return out + rows
 
 
@@ -236,14 +297,35 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
     for r in rows:
         paper = PAPER.get((r.axis, r.value))
         lin, att = r.stat("linear_top1"), r.stat("attentive_top1")
-        out.append([r.axis, r.value, f"n={r.n}", _fmt_stat(r.stat("final_loss"), 4), _fmt_stat(lin), _fmt_ci(lin),
-                    _fmt_stat(att), _fmt_ci(att), _fmt_stat(r.stat("images_per_s"), 0),
-                    "—" if not paper else f"{_fmt(paper[0], 1)} / {paper[1]:.1f}"])
+        out.append(
+            [
+                r.axis,
+                r.value,
+                f"n={r.n}",
+                _fmt_stat(r.stat("final_loss"), 4),
+                _fmt_stat(lin),
+                _fmt_ci(lin),
+                _fmt_stat(att),
+                _fmt_ci(att),
+                _fmt_stat(r.stat("images_per_s"), 0),
+                "—" if not paper else f"{_fmt(paper[0], 1)} / {paper[1]:.1f}",
+            ]
+        )
     return out
 
 
-HEADER = ["axis", "value", "n", "final loss", "linear top-1", "linear 95% CI", "attentive top-1",
-          "attentive 95% CI", "images/s", "paper lin / att"]
+HEADER = [
+    "axis",
+    "value",
+    "n",
+    "final loss",
+    "linear top-1",
+    "linear 95% CI",
+    "attentive top-1",
+    "attentive 95% CI",
+    "images/s",
+    "paper lin / att",
+]
 VERDICT_HEADER = ["axis", "paper's best", "verdict", "comparisons"]
 
 
@@ -252,11 +334,24 @@ def verdict_rows(verdicts: list[Verdict]) -> list[list[str]]:
 
 
 def to_markdown(title: str, rows: list[Row]) -> str:
-    lines = [f"# {title}", "", "Mean ± std over seeds (n seeds); 95% CI: mean ± t(0.975, n-1)·std/sqrt(n).", "",
-             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines = [
+        f"# {title}",
+        "",
+        "Mean ± std over seeds (n seeds); 95% CI: mean ± t(0.975, n-1)·std/sqrt(n).",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(rows)]
-    lines += ["", "## Does the paper's direction hold?", "", TEST_NOTE, "",
-              "| " + " | ".join(VERDICT_HEADER) + " |", "|" + "---|" * len(VERDICT_HEADER)]
+    lines += [
+        "",
+        "## Does the paper's direction hold?",
+        "",
+        TEST_NOTE,
+        "",
+        "| " + " | ".join(VERDICT_HEADER) + " |",
+        "|" + "---|" * len(VERDICT_HEADER),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in verdict_rows(axis_verdicts(rows))]
     return "\n".join(lines) + "\n"
 
@@ -269,13 +364,15 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 def to_html(title: str, rows: list[Row], charts: list[str]) -> str:
     imgs = "".join(f'<img src="{html.escape(n)}" style="max-width:48%">' for n in charts)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-            f"padding:4px 8px}}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>Mean ± std over seeds (n seeds); 95% CI: mean ± t(0.975, n-1)·std/sqrt(n).</p>"
-            f"{_html_table(HEADER, table_rows(rows))}<h2>Does the paper's direction hold?</h2>"
-            f"<p>{html.escape(TEST_NOTE)}</p>{_html_table(VERDICT_HEADER, verdict_rows(axis_verdicts(rows)))}"
-            f"{imgs}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        f"padding:4px 8px}}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p>Mean ± std over seeds (n seeds); 95% CI: mean ± t(0.975, n-1)·std/sqrt(n).</p>"
+        f"{_html_table(HEADER, table_rows(rows))}<h2>Does the paper's direction hold?</h2>"
+        f"<p>{html.escape(TEST_NOTE)}</p>{_html_table(VERDICT_HEADER, verdict_rows(axis_verdicts(rows)))}"
+        f"{imgs}</body></html>"
+    )
 
 
 def _charts(rows: list[Row], out: Path) -> list[str]:
@@ -289,10 +386,22 @@ def _charts(rows: list[Row], out: Path) -> list[str]:
         sub = [r for r in rows if r.axis == axis]
         fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(sub), 3.2))
         xs = range(len(sub))
-        ax.bar([x - 0.2 for x in xs], [r.linear_top1 or 0 for r in sub], 0.4, label="linear",
-               yerr=[r.stat("linear_top1").std or 0 for r in sub], capsize=3)
-        ax.bar([x + 0.2 for x in xs], [r.attentive_top1 or 0 for r in sub], 0.4, label="attentive",
-               yerr=[r.stat("attentive_top1").std or 0 for r in sub], capsize=3)
+        ax.bar(
+            [x - 0.2 for x in xs],
+            [r.linear_top1 or 0 for r in sub],
+            0.4,
+            label="linear",
+            yerr=[r.stat("linear_top1").std or 0 for r in sub],
+            capsize=3,
+        )
+        ax.bar(
+            [x + 0.2 for x in xs],
+            [r.attentive_top1 or 0 for r in sub],
+            0.4,
+            label="attentive",
+            yerr=[r.stat("attentive_top1").std or 0 for r in sub],
+            capsize=3,
+        )
         ax.set_xticks(list(xs), [r.value for r in sub], rotation=20)
         ax.set_ylabel("top-1 (%), mean ± std over seeds")
         ax.set_title(f"axis: {axis}")
@@ -304,10 +413,17 @@ def _charts(rows: list[Row], out: Path) -> list[str]:
         names.append(name)
     pts = [r for r in rows if r.run_id and r.final_loss is not None and r.attentive_top1 is not None]
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    ax.errorbar([r.final_loss for r in pts], [r.attentive_top1 for r in pts], fmt="o",
-                xerr=[r.stat("final_loss").std or 0 for r in pts], yerr=[r.stat("attentive_top1").std or 0 for r in pts])
+    ax.errorbar(
+        [r.final_loss for r in pts],
+        [r.attentive_top1 for r in pts],
+        fmt="o",
+        xerr=[r.stat("final_loss").std or 0 for r in pts],
+        yerr=[r.stat("attentive_top1").std or 0 for r in pts],
+    )
     for r in pts:
-        ax.annotate(r.value if r.axis == "grid" else f"{r.axis}={r.value}", (r.final_loss, r.attentive_top1), fontsize=6)
+        ax.annotate(
+            r.value if r.axis == "grid" else f"{r.axis}={r.value}", (r.final_loss, r.attentive_top1), fontsize=6
+        )
     ax.set_xlabel("final pre-training loss")
     ax.set_ylabel("attentive top-1 (%)")
     fig.tight_layout()

@@ -42,24 +42,49 @@ def plan_resources(spec: SweepSpec, trials: list[Trial], cluster_cpus: float) ->
     fit = max(1, int(math.floor(cluster_cpus / per_trial + 1e-9)))
     # An explicit limit wins: on an autoscaling cluster the resources are not there yet when planning.
     limit = spec.resources.max_concurrent_trials or fit
-    return SweepPlan(runnable, spec.resources.cpus_per_trial, sc.cpus_per_worker, sc.num_workers,
-                     max(1, min(limit, len(runnable))), cluster_cpus, trials)
+    return SweepPlan(
+        runnable,
+        spec.resources.cpus_per_trial,
+        sc.cpus_per_worker,
+        sc.num_workers,
+        max(1, min(limit, len(runnable))),
+        cluster_cpus,
+        trials,
+    )
 
 
 def open_parent_run(spec: SweepSpec, trials: list[Trial]) -> tuple[str, str]:
     cfg = trials[0].config
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     c = tracking.client(uri)
-    run_id, _ = tracking.get_or_create_run(c, cfg.tracking.experiment, f"sweep:{spec.name}", spec.name,
-                                           {"sweep": spec.name, "aim.kind": "sweep", "mode": spec.mode})
+    run_id, _ = tracking.get_or_create_run(
+        c,
+        cfg.tracking.experiment,
+        f"sweep:{spec.name}",
+        spec.name,
+        {"sweep": spec.name, "aim.kind": "sweep", "mode": spec.mode},
+    )
     params = {"sweep.mode": spec.mode, "sweep.trials": len(trials), "sweep.axes": ",".join(spec.axes)}
     if spec.seeds:
         params["sweep.seeds"] = ",".join(str(x) for x in spec.seeds)
     tracking.log_params(c, run_id, params)
-    plan = {"sweep": spec.name, "mode": spec.mode, "trials": [
-        {"trial_id": t.trial_id, "axis": t.axis, "value": t.value, "duplicate_of": t.duplicate_of,
-         "assignments": t.assignments, "seed": t.seed,
-         "run_name": t.config.name, "overrides": t.overrides} for t in trials]}
+    plan = {
+        "sweep": spec.name,
+        "mode": spec.mode,
+        "trials": [
+            {
+                "trial_id": t.trial_id,
+                "axis": t.axis,
+                "value": t.value,
+                "duplicate_of": t.duplicate_of,
+                "assignments": t.assignments,
+                "seed": t.seed,
+                "run_name": t.config.name,
+                "overrides": t.overrides,
+            }
+            for t in trials
+        ],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "plan.json"
         path.write_text(json.dumps(plan, indent=1))
@@ -75,8 +100,13 @@ def _run_trial(trial: Trial, parent_run_id: str, selections: dict) -> dict:
 
     use_selections(selections)  # the sweep driver scanned the pool once for every trial
 
-    tags = {"sweep": trial.config.tags.get("sweep", ""), "axis": trial.axis, "value": trial.value,
-            "trial": trial.trial_id, "seed": str(trial.seed)}
+    tags = {
+        "sweep": trial.config.tags.get("sweep", ""),
+        "axis": trial.axis,
+        "value": trial.value,
+        "trial": trial.trial_id,
+        "seed": str(trial.seed),
+    }
     res = pretrain(trial.config, parent_run_id=parent_run_id, extra_tags=tags, show_progress=False)
     _log_trial_params(trial, res.run_id)
     out = {"step": res.step, "run_id": res.run_id}
@@ -95,8 +125,9 @@ def _log_trial_params(trial: Trial, run_id: str | None) -> None:
     tracking.log_params(c, run_id, {"axis": trial.axis, "value": trial.value, "seed": trial.seed})
 
 
-def _trainable(config: dict, trials: dict, parent_run_id: str, driver_resources: dict[str, float],
-               selections: dict) -> None:
+def _trainable(
+    config: dict, trials: dict, parent_run_id: str, driver_resources: dict[str, float], selections: dict
+) -> None:
     """Tune function trainable. Tune's trial placement group captures child tasks, which would squeeze the
     trial's Ray Data and Train work into the driver's small bundle; the trial's work therefore runs in a
     task scheduled outside the group (it dies with this trial, by Ray's ownership rules)."""
@@ -110,8 +141,9 @@ def _trainable(config: dict, trials: dict, parent_run_id: str, driver_resources:
     # num_workers 0 trains inside this task (Ray Train local mode), so it holds the one worker's resources
     cpus = sc.cpus_per_worker if sc.num_workers == 0 else 0
     gpus = sc.gpus_per_worker if sc.num_workers == 0 and sc.use_gpu else 0
-    task = ray.remote(_run_trial).options(num_cpus=cpus, num_gpus=gpus, max_retries=0, scheduling_strategy=escape,
-                                          resources=driver_resources)
+    task = ray.remote(_run_trial).options(
+        num_cpus=cpus, num_gpus=gpus, max_retries=0, scheduling_strategy=escape, resources=driver_resources
+    )
     ray.tune.report(ray.get(task.remote(trial, parent_run_id, selections)))
 
 
@@ -140,21 +172,28 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
 
     driver = {DRIVER_RESOURCE: 0.01} if ray.cluster_resources().get(DRIVER_RESOURCE) else {}
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, trials=trials, parent_run_id=parent, driver_resources=driver,
-                             selections=selections),
-        tune.PlacementGroupFactory([{"CPU": plan.cpus_per_trial, **driver}]))
+        tune.with_parameters(
+            _trainable, trials=trials, parent_run_id=parent, driver_resources=driver, selections=selections
+        ),
+        tune.PlacementGroupFactory([{"CPU": plan.cpus_per_trial, **driver}]),
+    )
     path = f"{root.rstrip('/')}/sweeps/{spec.name}"
     if resume and ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
-        tuner = ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
-                                       restart_errored=False, storage_filesystem=fs)
+        tuner = ray.tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, resume_errored=True, restart_errored=False, storage_filesystem=fs
+        )
     else:
         tuner = ray.tune.Tuner(
             trainable,
             param_space={"trial_id": tune.grid_search(list(trials))},
             tune_config=tune.TuneConfig(max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
-            run_config=ray.tune.RunConfig(name=f"{spec.name}", storage_path=f"{root.rstrip('/')}/sweeps",
-                                          storage_filesystem=fs, verbose=1,
-                                          failure_config=ray.tune.FailureConfig(max_failures=1)),
+            run_config=ray.tune.RunConfig(
+                name=f"{spec.name}",
+                storage_path=f"{root.rstrip('/')}/sweeps",
+                storage_filesystem=fs,
+                verbose=1,
+                failure_config=ray.tune.FailureConfig(max_failures=1),
+            ),
         )
     from pipelines.data.storage import credentials_hidden_from_ray
 
@@ -162,5 +201,3 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
         results = tuner.fit()
     tracking.client(uri).set_terminated(parent, status="FINISHED" if not results.errors else "FAILED")
     return results, uri, parent
-
-

@@ -83,7 +83,7 @@ class SweepSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _one_source(self) -> "SweepSpec":
+    def _one_source(self) -> SweepSpec:
         if (self.base is None) == (self.experiment is None):
             raise ValueError("give exactly one of `base` (a YAML path) or `experiment` (an inline mapping)")
         return self
@@ -126,8 +126,16 @@ def _seed_suffix(seed: int | None, base_seed: int) -> str:
     return "" if seed is None or seed == base_seed else f"-s{seed}"
 
 
-def _trial(spec: SweepSpec, source: Path, base: dict, assignments: dict[str, str], axis: str, value: str,
-           seed: int | None = None, base_seed: int = 0) -> Trial:
+def _trial(
+    spec: SweepSpec,
+    source: Path,
+    base: dict,
+    assignments: dict[str, str],
+    axis: str,
+    value: str,
+    seed: int | None = None,
+    base_seed: int = 0,
+) -> Trial:
     """One planned trial; `seed` None (a sweep without `seeds`) leaves the experiment's seed alone."""
     sets = _flat_sets(spec.set)
     for ax, val in assignments.items():
@@ -156,8 +164,10 @@ def _plan_one_seed(spec: SweepSpec, source: Path, base: dict, seed: int | None, 
     """Grid: the product of all axes. One-at-a-time: the base, then each axis value alone."""
     if spec.mode == "grid":
         names = list(spec.axes)
-        return [_trial(spec, source, base, dict(zip(names, combo)), "grid", ",".join(combo), seed, bseed)
-                for combo in itertools.product(*(list(spec.axes[a]) for a in names))]
+        return [
+            _trial(spec, source, base, dict(zip(names, combo)), "grid", ",".join(combo), seed, bseed)
+            for combo in itertools.product(*(list(spec.axes[a]) for a in names))
+        ]
     trials = [_trial(spec, source, base, {}, "base", "base", seed, bseed)]
     for axis, values in spec.axes.items():
         for value in values:
@@ -200,6 +210,10 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, list[Trial]]:
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        msg = "unknown key (check the spelling)" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        msg = (
+            "unknown key (check the spelling)"
+            if first["type"] == "extra_forbidden"
+            else first["msg"].removeprefix("Value error, ")
+        )
         raise ConfigError(f"{path}: {loc}: {msg}") from None
     return spec, plan_trials(spec, path)

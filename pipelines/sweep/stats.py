@@ -14,9 +14,38 @@ __all__ = ["Summary", "Welch", "summarize", "t_quantile_975", "welch_test", "ALP
 
 ALPHA = 0.05
 # t_{0.975, df} for df = 1..30 (two-sided 95%)
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def _scipy_t() -> Any:
@@ -40,6 +69,7 @@ def t_quantile_975(df: float, use_scipy: bool = True) -> float:
 @dataclass
 class Summary:
     """Mean over seeds; std (sample, n-1), and the 95% t interval when n >= 2."""
+
     n: int
     mean: float | None
     std: float | None = None
@@ -64,6 +94,7 @@ def summarize(xs: list[float | None], use_scipy: bool = True) -> Summary:
 @dataclass
 class Welch:
     """Welch's unequal-variance t-test of a against b, two-sided at ALPHA."""
+
     t: float
     df: float
     critical: float
@@ -76,14 +107,15 @@ def welch_test(a: list[float], b: list[float], use_scipy: bool = True) -> Welch 
     if len(a) < 2 or len(b) < 2:
         return None
     sa, sb = summarize(a, use_scipy), summarize(b, use_scipy)
-    va, vb = sa.std ** 2 / sa.n, sb.std ** 2 / sb.n
+    va, vb = sa.std**2 / sa.n, sb.std**2 / sb.n
     diff = sa.mean - sb.mean
     if va + vb == 0:  # both samples constant: separable iff the means differ
         same = math.isclose(sa.mean, sb.mean)
-        return Welch(0.0 if same else math.copysign(math.inf, diff), float(sa.n + sb.n - 2), 0.0,
-                     1.0 if same else 0.0, not same)
+        return Welch(
+            0.0 if same else math.copysign(math.inf, diff), float(sa.n + sb.n - 2), 0.0, 1.0 if same else 0.0, not same
+        )
     t = diff / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1))
+    df = (va + vb) ** 2 / (va**2 / (sa.n - 1) + vb**2 / (sb.n - 1))
     crit = t_quantile_975(df, use_scipy)
     st = _scipy_t() if use_scipy else None
     p = float(2 * st.sf(abs(t), df)) if st is not None else None

@@ -21,8 +21,22 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TrainState", "save_state", "write_meta", "load_state", "read_state", "read_meta", "checkpoint_complete",
-           "dcp_to_full", "persist_checkpoint", "run_storage", "STATE_FILE", "META_FILE", "LOCAL_PREFIX", "DCP_DIR"]
+__all__ = [
+    "TrainState",
+    "save_state",
+    "write_meta",
+    "load_state",
+    "read_state",
+    "read_meta",
+    "checkpoint_complete",
+    "dcp_to_full",
+    "persist_checkpoint",
+    "run_storage",
+    "STATE_FILE",
+    "META_FILE",
+    "LOCAL_PREFIX",
+    "DCP_DIR",
+]
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"  # small: lets the driver find the latest checkpoint without loading it
@@ -36,8 +50,15 @@ class TrainState:
     data: dict = field(default_factory=dict)  # the data position (`pipelines.data.stream.Position.to_dict`)
 
 
-def save_state(directory: str | Path, model_state: dict, optim_state: dict, sched_state: dict,
-               state: TrainState, extra: dict | None = None, info: dict | None = None) -> Path:
+def save_state(
+    directory: str | Path,
+    model_state: dict,
+    optim_state: dict,
+    sched_state: dict,
+    state: TrainState,
+    extra: dict | None = None,
+    info: dict | None = None,
+) -> Path:
     """Write atomically: a temp file renamed into place, so a crash never leaves a half-written state.
 
     `info` (format, strategy, world_size; default format "full") goes into `state.pt` and `meta.json`. For the
@@ -47,8 +68,13 @@ def save_state(directory: str | Path, model_state: dict, optim_state: dict, sche
     directory.mkdir(parents=True, exist_ok=True)
     info = {"format": "full", **(info or {})}
     payload = {
-        "model": model_state, "optimizer": optim_state, "scheduler": sched_state,
-        "step": state.step, "data": state.data, "torch_rng": torch.get_rng_state(), **(extra or {}),
+        "model": model_state,
+        "optimizer": optim_state,
+        "scheduler": sched_state,
+        "step": state.step,
+        "data": state.data,
+        "torch_rng": torch.get_rng_state(),
+        **(extra or {}),
         "format": info["format"],
     }
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
@@ -106,8 +132,12 @@ def dcp_to_full(dcp_dir: str | Path, optimizer: bool = True) -> dict:
         pass
 
     out: dict = {}
-    _load_state_dict(out, storage_reader=FileSystemReader(str(dcp_dir)),
-                     planner=Planner(keys=None if optimizer else {"model"}), no_dist=True)
+    _load_state_dict(
+        out,
+        storage_reader=FileSystemReader(str(dcp_dir)),
+        planner=Planner(keys=None if optimizer else {"model"}),
+        no_dist=True,
+    )
     out.setdefault("optimizer", {"state": {}})
     return out
 
@@ -135,8 +165,12 @@ def read_state(fs, ckpt_path: str, optimizer: bool = True) -> dict:
             Path(tmp, STATE_FILE).write_bytes(src.read())
         if fs.get_file_info(f"{ckpt_path}/{DCP_DIR}").type == pafs.FileType.Directory:
             Path(tmp, DCP_DIR).mkdir()
-            pafs.copy_files(f"{ckpt_path}/{DCP_DIR}", str(Path(tmp, DCP_DIR)), source_filesystem=fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                f"{ckpt_path}/{DCP_DIR}",
+                str(Path(tmp, DCP_DIR)),
+                source_filesystem=fs,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
         return load_state(tmp, optimizer=optimizer)
 
 
@@ -168,8 +202,12 @@ def persist_checkpoint(local_dir: str | Path, fs, run_dir: str, step: int, keep:
     dest = f"{run_dir.rstrip('/')}/.{name}.tmp" if local else final
     fs.create_dir(dest, recursive=True)
     for fname in (STATE_FILE, META_FILE):  # meta last
-        pafs.copy_files(str(Path(local_dir, fname).resolve()), f"{dest}/{fname}",
-                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        pafs.copy_files(
+            str(Path(local_dir, fname).resolve()),
+            f"{dest}/{fname}",
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=fs,
+        )
     if local:
         if fs.get_file_info(final).type != pafs.FileType.NotFound:
             fs.delete_dir(final)

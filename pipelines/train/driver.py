@@ -84,11 +84,19 @@ def _open_run(cfg: ExperimentConfig, parent_run_id: str | None, extra_tags: dict
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     c = tracking.client(uri)
     _, root = _storage(cfg)
-    tags = {"git_commit": tracking.git_commit(Path(__file__).parent), "preset": cfg.model.preset,
-            "target": cfg.target.name, "attention": cfg.aim_config().attention, "order": cfg.aim_config().order,
-            "head": cfg.aim_config().head, **cfg.tags, **extra_tags}
-    run_id, _ = tracking.get_or_create_run(c, cfg.tracking.experiment, f"{root}/{cfg.run_name}", cfg.run_name,
-                                           tags, parent_run_id)
+    tags = {
+        "git_commit": tracking.git_commit(Path(__file__).parent),
+        "preset": cfg.model.preset,
+        "target": cfg.target.name,
+        "attention": cfg.aim_config().attention,
+        "order": cfg.aim_config().order,
+        "head": cfg.aim_config().head,
+        **cfg.tags,
+        **extra_tags,
+    }
+    run_id, _ = tracking.get_or_create_run(
+        c, cfg.tracking.experiment, f"{root}/{cfg.run_name}", cfg.run_name, tags, parent_run_id
+    )
     c.update_run(run_id, status="RUNNING")
     params = flatten(cfg.model_dump(mode="json"))
     params.update({f"model.resolved.{k}": v for k, v in dataclasses.asdict(cfg.aim_config()).items()})
@@ -104,8 +112,14 @@ def _progress(uri: str | None, run_id: str | None, total: int, stop: threading.E
     if not uri or not run_id:
         return
     c = tracking.client(uri)
-    with Progress(TextColumn("[bold]pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]pretrain"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as bar:
         task = bar.add_task("train", total=total, info=start)
         while not stop.wait(2.0):
             try:
@@ -113,8 +127,11 @@ def _progress(uri: str | None, run_id: str | None, total: int, stop: threading.E
             except Exception:  # noqa: BLE001 - progress is best effort
                 continue
             if "train/step" in m:
-                bar.update(task, completed=int(m["train/step"]),
-                           info=f"loss {m.get('train/loss', float('nan')):.4f}  {m.get('train/images_per_s', 0):.0f} img/s")
+                bar.update(
+                    task,
+                    completed=int(m["train/step"]),
+                    info=f"loss {m.get('train/loss', float('nan')):.4f}  {m.get('train/images_per_s', 0):.0f} img/s",
+                )
 
 
 def _fit_target(cfg: ExperimentConfig, plan) -> bytes | None:
@@ -144,10 +161,14 @@ def _trainer(cfg: ExperimentConfig, args: LoopArgs, callbacks: list | None = Non
         train_loop_per_worker,
         train_loop_config={f.name: getattr(args, f.name) for f in dataclasses.fields(args)},  # the ref as is
         scaling_config=scaling,
-        run_config=RunConfig(name=cfg.run_name, storage_path=root, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=s.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.keep),
-                             callbacks=callbacks),
+        run_config=RunConfig(
+            name=cfg.run_name,
+            storage_path=root,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.keep),
+            callbacks=callbacks,
+        ),
     )  # no `datasets`: each worker reads its own share from its position (pipelines/train/feed.py)
 
 
@@ -203,8 +224,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:  # the dashboard (127.0.0.1) serves the State API that Ray Train polls; without it, warnings
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=True,
-                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+        ray.init(
+            num_cpus=num_cpus,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
+            log_to_driver=True,
+            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+        )
 
 
 def quiet_data() -> None:
@@ -222,14 +248,22 @@ def _plan(cfg: ExperimentConfig):
     world = max(cfg.scaling.num_workers, 1)
     window = cfg.scaling.shuffle_buffer or cfg.optim.batch_size // world
     need = cfg.schedule.steps * cfg.optim.batch_size + 2 * world * window
-    plan, _, _, plans, tracker = plan_stream(cfg.data, cfg.aim_config().img_size, cfg.seed, min_samples=need,
-                                             world=world)
+    plan, _, _, plans, tracker = plan_stream(
+        cfg.data, cfg.aim_config().img_size, cfg.seed, min_samples=need, world=world
+    )
     return plan, (tracker, plans[0].n_slots)
 
 
-def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run_id: str | None = None,
-             extra_tags: dict[str, str] | None = None, show_progress: bool = True,
-             callbacks: list | None = None, hooks: LoopHooks | None = None) -> PretrainResult:
+def pretrain(
+    cfg: ExperimentConfig,
+    *,
+    stop_after: int | None = None,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    show_progress: bool = True,
+    callbacks: list | None = None,
+    hooks: LoopHooks | None = None,
+) -> PretrainResult:
     """Run (or resume) pre-training for `cfg`. Rerunning the same config continues from the latest checkpoint.
 
     `hooks` (picklable; default: none) is handed to every worker's loop (see `LoopHooks`)."""
@@ -249,12 +283,23 @@ def pretrain(cfg: ExperimentConfig, *, stop_after: int | None = None, parent_run
     extra = {"epoch_samples": quality[1]}
     if cfg.scaling.num_workers == 0:  # in-process: the loop resumes and persists its checkpoints itself
         extra.update(local=True, resume_from=ckpt)
-    args = LoopArgs(experiment=cfg.model_dump(mode="json"), run_id=run_id, tracking_uri=uri,
-                    skip_log_until=logged, stop_after=stop_after, target_state=target_state, extra=extra,
-                    stream=ray.put(plan), hooks=hooks or LoopHooks())
+    args = LoopArgs(
+        experiment=cfg.model_dump(mode="json"),
+        run_id=run_id,
+        tracking_uri=uri,
+        skip_log_until=logged,
+        stop_after=stop_after,
+        target_state=target_state,
+        extra=extra,
+        stream=ray.put(plan),
+        hooks=hooks or LoopHooks(),
+    )
     stop = threading.Event()
-    start = ("starting the data pipeline..." if cfg.scaling.num_workers == 0
-             else f"starting {cfg.scaling.num_workers} training worker(s)...")
+    start = (
+        "starting the data pipeline..."
+        if cfg.scaling.num_workers == 0
+        else f"starting {cfg.scaling.num_workers} training worker(s)..."
+    )
     bar = threading.Thread(target=_progress, args=(uri, run_id, cfg.schedule.steps, stop, start), daemon=True)
     if show_progress:
         bar.start()

@@ -15,7 +15,15 @@ import numpy as np
 import torch
 
 from pipelines.config import ExperimentConfig
-from pipelines.data.stream import Deal, Position, WorkerStream, data_fingerprint, prefix_lengths, remaining, worker_items
+from pipelines.data.stream import (
+    Deal,
+    Position,
+    WorkerStream,
+    data_fingerprint,
+    prefix_lengths,
+    remaining,
+    worker_items,
+)
 
 __all__ = ["Feed", "open_feed", "resume_guard", "check_resumable"]
 
@@ -24,9 +32,13 @@ GUARDED = ("optim.batch_size", "seed", "data", "scaling.shuffle_buffer", "model.
 
 def resume_guard(cfg: ExperimentConfig) -> dict:
     """The settings a resume must not change (they decide which samples come next, and how)."""
-    return {"optim.batch_size": cfg.optim.batch_size, "seed": cfg.seed,
-            "data": data_fingerprint(cfg.data.model_dump(mode="json")),
-            "scaling.shuffle_buffer": cfg.scaling.shuffle_buffer, "model.img_size": cfg.aim_config().img_size}
+    return {
+        "optim.batch_size": cfg.optim.batch_size,
+        "seed": cfg.seed,
+        "data": data_fingerprint(cfg.data.model_dump(mode="json")),
+        "scaling.shuffle_buffer": cfg.scaling.shuffle_buffer,
+        "model.img_size": cfg.aim_config().img_size,
+    }
 
 
 def check_resumable(cfg: ExperimentConfig, meta: dict, where: str) -> str | None:
@@ -34,14 +46,18 @@ def check_resumable(cfg: ExperimentConfig, meta: dict, where: str) -> str | None
     data = meta.get("data") or {}
     step = meta.get("step", "?")
     if "position" not in data:
-        return (f"cannot resume {where} (step {step}): the checkpoint predates position-based data resume; "
-                f"start a new run (another name or storage.path)")
+        return (
+            f"cannot resume {where} (step {step}): the checkpoint predates position-based data resume; "
+            f"start a new run (another name or storage.path)"
+        )
     now = resume_guard(cfg)
     for key in GUARDED:
         if data["guard"].get(key) != now[key]:
             what = "the data section changed" if key == "data" else f"{key} was {data['guard'].get(key)}, is {now[key]}"
-            return (f"cannot resume {where} from step {step}: {what}; rerun with the original setting, or start "
-                    f"a new run (another name or storage.path)")
+            return (
+                f"cannot resume {where} from step {step}: {what}; rerun with the original setting, or start "
+                f"a new run (another name or storage.path)"
+            )
     return None
 
 
@@ -80,8 +96,9 @@ class Feed:
         return {"position": pos.to_dict(), "guard": resume_guard(self.cfg)}
 
 
-def open_feed(cfg: ExperimentConfig, plan, data_state: dict, step: int, rank: int, world: int,
-              device: torch.device) -> Feed:
+def open_feed(
+    cfg: ExperimentConfig, plan, data_state: dict, step: int, rank: int, world: int, device: torch.device
+) -> Feed:
     """This rank's stream from the position in `data_state` (a checkpoint's; empty: the start)."""
     world = max(world, 1)
     per_worker = cfg.optim.batch_size // world

@@ -172,11 +172,15 @@ def _run(cfg, args, model, forward, optimizer, scheduler, feed, state, device, s
             loss = _reduce_mean(loss_sum / n_since, world)
             dt = time.perf_counter() - t0
             ips = n_since * cfg.optim.batch_size / dt
-            metrics = {"train/loss": loss, "train/lr": optimizer.param_groups[0]["lr"],
-                       "train/grad_norm": float(grad_norm), "train/images_per_s": ips,
-                       "train/tokens_per_s": ips * model.config.num_patches,
-                       "train/epoch": state.step * cfg.optim.batch_size / epoch_samples,
-                       "train/step": state.step}
+            metrics = {
+                "train/loss": loss,
+                "train/lr": optimizer.param_groups[0]["lr"],
+                "train/grad_norm": float(grad_norm),
+                "train/images_per_s": ips,
+                "train/tokens_per_s": ips * model.config.num_patches,
+                "train/epoch": state.step * cfg.optim.batch_size / epoch_samples,
+                "train/step": state.step,
+            }
             if peak:
                 metrics["train/mfu"] = flops * ips / (peak * world)
             if first_log:  # rows decoded and dropped to rebuild a resumed shuffle window (rank 0's)
@@ -195,8 +199,9 @@ def _run(cfg, args, model, forward, optimizer, scheduler, feed, state, device, s
 
 def _params_finite(model) -> torch.Tensor:
     """True if every parameter (this rank's shard under FSDP) is finite; a 0-d bool tensor."""
-    checks = [torch.isfinite((p.to_local() if hasattr(p, "to_local") else p).detach()).all()
-              for p in model.parameters()]
+    checks = [
+        torch.isfinite((p.to_local() if hasattr(p, "to_local") else p).detach()).all() for p in model.parameters()
+    ]
     return torch.stack(checks).all().cpu() if checks else torch.ones((), dtype=torch.bool)
 
 
@@ -211,8 +216,10 @@ def _check_finite(model, bad: torch.Tensor, first_bad: torch.Tensor, step: int, 
     first = int(first_bad)
     what = f"non-finite loss at step {first}" if first else "non-finite loss or weights"
     where = f"step {last_ckpt}" if last_ckpt else "none (no checkpoint was written yet)"
-    raise NonFiniteLoss(f"{what}; stopped at step {step} without writing a checkpoint; last good checkpoint: "
-                        f"{where}. Lower optim.lr or set optim.clip_grad, then rerun to resume from it")
+    raise NonFiniteLoss(
+        f"{what}; stopped at step {step} without writing a checkpoint; last good checkpoint: "
+        f"{where}. Lower optim.lr or set optim.clip_grad, then rerun to resume from it"
+    )
 
 
 def _reduce_mean(x: torch.Tensor, world: int) -> float:

@@ -21,8 +21,7 @@ def build_optimizer(model: nn.Module, optim: OptimSection, fused: bool = False) 
     """AdamW; no weight decay on biases, norms and positional embeddings (`model.no_weight_decay()`)."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     groups = param_groups_weight_decay(model, optim.weight_decay, no_weight_decay_list=skip)
-    return torch.optim.AdamW(groups, lr=scaled_lr(optim), betas=optim.betas, eps=optim.eps,
-                             fused=fused or None)
+    return torch.optim.AdamW(groups, lr=scaled_lr(optim), betas=optim.betas, eps=optim.eps, fused=fused or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, sched: ScheduleSection) -> CosineLRScheduler:
@@ -31,5 +30,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched: ScheduleSection) ->
     Stepped per optimizer update: call `scheduler.step_update(step)` with the number of updates done.
     """
     warmup = int(round(sched.warmup_fraction * sched.steps))
-    return CosineLRScheduler(optimizer, t_initial=sched.steps, lr_min=sched.min_lr, warmup_t=warmup,
-                             warmup_lr_init=sched.warmup_lr_init, warmup_prefix=False, t_in_epochs=False)
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=sched.steps,
+        lr_min=sched.min_lr,
+        warmup_t=warmup,
+        warmup_lr_init=sched.warmup_lr_init,
+        warmup_prefix=False,
+        t_in_epochs=False,
+    )

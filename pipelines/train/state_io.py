@@ -18,8 +18,15 @@ import torch
 from pipelines.config import StorageSection
 from pipelines.train.checkpoint import DCP_DIR, TrainState, load_state, save_state, write_meta
 
-__all__ = ["full_state", "restore", "use_sharded", "write_checkpoint", "restore_checkpoint", "optim_to_names",
-           "optim_to_ids"]
+__all__ = [
+    "full_state",
+    "restore",
+    "use_sharded",
+    "write_checkpoint",
+    "restore_checkpoint",
+    "optim_to_names",
+    "optim_to_ids",
+]
 
 
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, strategy: str) -> tuple[dict, dict]:
@@ -73,9 +80,13 @@ def restore(saved: dict, model, optimizer, scheduler, strategy: str) -> TrainSta
     if strategy == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        set_state_dict(model, optimizer, model_state_dict=saved["model"],
-                       optim_state_dict=optim_to_names(saved["optimizer"], names),
-                       options=StateDictOptions(full_state_dict=True))
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=saved["model"],
+            optim_state_dict=optim_to_names(saved["optimizer"], names),
+            options=StateDictOptions(full_state_dict=True),
+        )
     else:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(optim_to_ids(saved["optimizer"], names))
@@ -105,12 +116,14 @@ def restore_checkpoint(directory: str | Path, model, optimizer, scheduler, strat
     saved = load_state(directory, full=False)
     if saved.get("format") == "sharded" and strategy == "fsdp":
         return _restore_sharded(directory, saved, model, optimizer, scheduler)
-    return restore(load_state(directory) if saved.get("format") == "sharded" else saved, model, optimizer,
-                   scheduler, strategy)
+    return restore(
+        load_state(directory) if saved.get("format") == "sharded" else saved, model, optimizer, scheduler, strategy
+    )
 
 
-def _save_sharded(directory: Path, model, optimizer, sched_state: dict, state: TrainState, rank: int,
-                  info: dict, extra: dict | None) -> None:
+def _save_sharded(
+    directory: Path, model, optimizer, sched_state: dict, state: TrainState, rank: int, info: dict, extra: dict | None
+) -> None:
     """Collective: every rank writes its DCP shards (`dcp/__<rank>_*.distcp`, rank 0 also `dcp/.metadata`);
     rank 0 then writes `state.pt` and, last, `meta.json` listing every rank's files."""
     import torch.distributed as dist
@@ -128,8 +141,18 @@ def _save_sharded(directory: Path, model, optimizer, sched_state: dict, state: T
         write_meta(directory, state, {**info, "files": sorted({f for fs in files for f in fs} | {"state.pt"})})
 
 
-def write_checkpoint(directory: str | Path, model, optimizer, scheduler, state: TrainState, strategy: str,
-                     rank: int, world: int, sharded: bool, extra: dict | None = None) -> bool:
+def write_checkpoint(
+    directory: str | Path,
+    model,
+    optimizer,
+    scheduler,
+    state: TrainState,
+    strategy: str,
+    rank: int,
+    world: int,
+    sharded: bool,
+    extra: dict | None = None,
+) -> bool:
     """Collective under FSDP (every rank calls it). Writes this rank's part of the checkpoint into `directory`
     (sharded: every rank; full: rank 0 only) and returns whether it wrote anything to report."""
     directory = Path(directory)

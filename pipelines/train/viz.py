@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from aim_core import AIM, normalize_patches, patchify, unpatchify
+from aim_core import AIM, patchify, unpatchify
 
 __all__ = ["prediction_images", "save_prediction_grid"]
 

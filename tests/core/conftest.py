@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from core_helpers import seeded_images
 
 

@@ -1,4 +1,5 @@
-"""Shared helpers for the aim_core tests (imported by the test_core_* files): tiny models, seeded images, fitted kmeans/dVAE targets."""
+"""Shared helpers for the aim_core tests (imported by the test_core_* files): tiny models, seeded images,
+fitted kmeans/dVAE targets."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def perturb_patch(images: torch.Tensor, raster_idx: int, patch: int, scale: floa
     gw = images.shape[-1] // patch
     r, c = divmod(raster_idx, gw)
     noise = torch.randn(images.shape[0], 3, patch, patch, generator=torch.Generator().manual_seed(seed))
-    out[:, :, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = scale * noise
+    out[:, :, r * patch : (r + 1) * patch, c * patch : (c + 1) * patch] = scale * noise
     return out
 
 

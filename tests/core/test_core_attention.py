@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from core_helpers import build, seeded_images
 
 import aim_core
 from aim_core import layers
 from aim_core.layers import Attention
-from core_helpers import build, seeded_images
 
 
 def reference_attention(attn: Attention, x: torch.Tensor, may_attend_mask: torch.Tensor | None) -> torch.Tensor:
@@ -54,8 +54,9 @@ def test_sdpa_matches_explicit_softmax(kind, dim, heads, k):
         torch.testing.assert_close(attn(x, mask), reference_attention(attn, x, mask), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("attention,prefix_len", [("causal", None), ("prefix", [2, 13]), ("prefix", None),
-                                                  ("bidirectional", None)])
+@pytest.mark.parametrize(
+    "attention,prefix_len", [("causal", None), ("prefix", [2, 13]), ("prefix", None), ("bidirectional", None)]
+)
 def test_whole_model_matches_explicit_attention(monkeypatch, attention, prefix_len):
     """Swap every attention call in the model for the hand-written one: outputs agree to 1e-5."""
     model = build(attention=attention, order="checkerboard", head="transformer")
@@ -71,8 +72,9 @@ def test_whole_model_matches_explicit_attention(monkeypatch, attention, prefix_l
             return scores.softmax(-1) @ v
 
         calls = []
-        monkeypatch.setattr(layers.F, "scaled_dot_product_attention",
-                            lambda *a, **kw: calls.append(1) or explicit_sdpa(*a, **kw))
+        monkeypatch.setattr(
+            layers.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or explicit_sdpa(*a, **kw)
+        )
         slow = model(x, s)
     assert len(calls) == model.config.depth + model.config.head_depth
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
@@ -106,8 +108,16 @@ def test_sincos_2d_by_hand():
     assert emb.shape == (12, 8)
     for idx in (0, 5, 11):
         r, c = divmod(idx, 4)
-        expected = [math.sin(c), math.sin(c / 100), math.cos(c), math.cos(c / 100),
-                    math.sin(r), math.sin(r / 100), math.cos(r), math.cos(r / 100)]
+        expected = [
+            math.sin(c),
+            math.sin(c / 100),
+            math.cos(c),
+            math.cos(c / 100),
+            math.sin(r),
+            math.sin(r / 100),
+            math.cos(r),
+            math.cos(r / 100),
+        ]
         torch.testing.assert_close(emb[idx], torch.tensor(expected))
     assert len({tuple(row.tolist()) for row in emb}) == 12  # every position distinct
     with pytest.raises(ValueError):

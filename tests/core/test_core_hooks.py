@@ -8,12 +8,12 @@ import textwrap
 
 import pytest
 import torch
+from core_helpers import build, seeded_images
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import aim_core
-from core_helpers import build, seeded_images
 
 
 @pytest.mark.parametrize("head", aim_core.HEADS)
@@ -51,8 +51,12 @@ def test_no_weight_decay(head, target):
     skip = model.no_weight_decay()
     params = dict(model.named_parameters())
     assert skip <= set(params)
-    norms = {f"{mn}.{pn}" if mn else pn for mn, m in model.named_modules()
-             if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)) for pn, _ in m.named_parameters(recurse=False)}
+    norms = {
+        f"{mn}.{pn}" if mn else pn
+        for mn, m in model.named_modules()
+        if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d))
+        for pn, _ in m.named_parameters(recurse=False)
+    }
     biases = {n for n in params if n.endswith(".bias")}
     assert norms and biases
     assert norms <= skip and biases <= skip

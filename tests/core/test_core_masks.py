@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from core_helpers import build, perturb_patch, seeded_images
 
 import aim_core
-from core_helpers import build, perturb_patch, seeded_images
 
 CHANGED = 1e-4  # an output "depends" on a patch if it moves by more than this
 SAME = 1e-6  # ... and is "independent" of it if it moves by less than this

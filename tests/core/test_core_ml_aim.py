@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from core_helpers import build, seeded_images
+from ml_aim_reference import apple_aim
 from torch import nn
 
 import aim_core
 from aim_core import ml_aim
-from core_helpers import build, seeded_images
-from ml_aim_reference import apple_aim
 
 
 def _randomise_norms(*modules: nn.Module) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from core_helpers import build, seeded_images
 
 import aim_core
-from core_helpers import build, seeded_images
 
 GRIDS = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (7, 7), (2, 3), (3, 5), (6, 4)]
 
@@ -92,7 +92,9 @@ def test_patchify_round_trip(h, w, p):
     # patch k is the raster cell (k // gw, k % gw), flattened as (row, col, channel)
     k = gh * gw - 1
     r, c = divmod(k, gw)
-    assert torch.equal(patches[:, k], x[:, :, r * p:(r + 1) * p, c * p:(c + 1) * p].permute(0, 2, 3, 1).reshape(2, -1))
+    assert torch.equal(
+        patches[:, k], x[:, :, r * p : (r + 1) * p, c * p : (c + 1) * p].permute(0, 2, 3, 1).reshape(2, -1)
+    )
     assert torch.equal(aim_core.unpatchify(patches, p, (gh, gw)), x)
 
 

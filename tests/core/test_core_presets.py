@@ -69,28 +69,39 @@ def test_small_presets_are_small(preset):
 
 
 def test_overrides_apply():
-    cfg = aim_core.resolve_config("aim-600m", width=64, depth=1, num_heads=4, patch_size=16, img_size=32,
-                                  head_width=32, head_depth=3)
+    cfg = aim_core.resolve_config(
+        "aim-600m", width=64, depth=1, num_heads=4, patch_size=16, img_size=32, head_width=32, head_depth=3
+    )
     assert (cfg.width, cfg.depth, cfg.num_heads, cfg.patch_size, cfg.img_size, cfg.head_width, cfg.head_depth) == (
-        64, 1, 4, 16, 32, 32, 3)
+        64,
+        1,
+        4,
+        16,
+        32,
+        32,
+        3,
+    )
     assert aim_core.PRESETS["aim-600m"].width == 1536  # the registry is not mutated
     model = aim_core.build_model("aim-test", depth=3, head_depth=2)
     assert len(model.blocks) == 3 and len(model.head.blocks) == 2
 
 
-@pytest.mark.parametrize("overrides,field", [
-    (dict(num_heads=5), "num_heads"),
-    (dict(img_size=18), "img_size"),
-    (dict(patch_size=3), "img_size"),
-    (dict(width=30, num_heads=2), "width"),
-    (dict(depth=0), "depth"),
-    (dict(head="deep"), "head"),
-    (dict(head="transformer", head_num_heads=3), "head_num_heads"),
-    (dict(target="sift"), "target"),
-    (dict(order="zigzag"), "order"),
-    (dict(attention="sideways"), "attention"),
-    (dict(attn_impl="fast"), "attn_impl"),
-])
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        (dict(num_heads=5), "num_heads"),
+        (dict(img_size=18), "img_size"),
+        (dict(patch_size=3), "img_size"),
+        (dict(width=30, num_heads=2), "width"),
+        (dict(depth=0), "depth"),
+        (dict(head="deep"), "head"),
+        (dict(head="transformer", head_num_heads=3), "head_num_heads"),
+        (dict(target="sift"), "target"),
+        (dict(order="zigzag"), "order"),
+        (dict(attention="sideways"), "attention"),
+        (dict(attn_impl="fast"), "attn_impl"),
+    ],
+)
 def test_invalid_config_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
         aim_core.build_model("aim-test", **overrides)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from core_helpers import build, seeded_images
 
 import aim_core
-from core_helpers import build, seeded_images
 
 
 @pytest.mark.parametrize("dim,classes,heads", [(32, 10, 2), (48, 7, 3), (1536, 1000, 12)])

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from core_helpers import build, seeded_images
 from torch import nn
 
 import aim_core
 from aim_core.layers import sincos_2d
-from core_helpers import build, seeded_images
 
 
 def ln(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
@@ -86,7 +86,9 @@ def test_paper_layer_choices():
     assert all(isinstance(m.act, nn.GELU) for m in model.modules() if hasattr(m, "fc1"))
     assert model.blocks[0].mlp.fc1.out_features == 4 * model.config.width
     names = [n for n, _ in model.named_parameters()]
-    assert not any("cls_token" in n or "pos_embed" in n or "gamma" in n for n in names)  # no cls, fixed pos, no LayerScale
+    assert not any(
+        "cls_token" in n or "pos_embed" in n or "gamma" in n for n in names
+    )  # no cls, fixed pos, no LayerScale
 
 
 def test_xavier_init():

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from core_helpers import build, fit_target, seeded_images
 
 import aim_core
-from core_helpers import build, fit_target, seeded_images
 
 P = 2  # patch size of the hand examples: a 3x4x6 image is a 2x3 grid of 12-value patches
 
@@ -17,8 +17,11 @@ P = 2  # patch size of the hand examples: a 3x4x6 image is a 2x3 grid of 12-valu
 def hand_patches(img: torch.Tensor, p: int) -> list[list[float]]:
     """Raster-ordered patches of one (C, H, W) image, each flattened as (row, col, channel) like MAE."""
     c, h, w = img.shape
-    return [[float(img[ch, r * p + i, q * p + j]) for i in range(p) for j in range(p) for ch in range(c)]
-            for r in range(h // p) for q in range(w // p)]
+    return [
+        [float(img[ch, r * p + i, q * p + j]) for i in range(p) for j in range(p) for ch in range(c)]
+        for r in range(h // p)
+        for q in range(w // p)
+    ]
 
 
 def hand_normalise(v: list[float], eps: float) -> list[float]:
@@ -159,7 +162,9 @@ def test_dvae_target_by_hand():
     assert len(set(codes.flatten().tolist())) > 1  # not a degenerate constant code
     logits = torch.randn(1, 5, 7)
     ids = codes[0, 1:6].tolist()
-    assert tgt.loss(logits, codes[:1, 1:6], torch.tensor([USE])).item() == pytest.approx(hand_ce(logits[0], ids, USE), rel=1e-5)
+    assert tgt.loss(logits, codes[:1, 1:6], torch.tensor([USE])).item() == pytest.approx(
+        hand_ce(logits[0], ids, USE), rel=1e-5
+    )
     # the tokenizer stays frozen, also after model.train()
     tgt.train()
     assert not tgt.tokenizer.training and not any(p.requires_grad for p in tgt.tokenizer.parameters())

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from core_helpers import build, fit_target, seeded_images
 
 import aim_core
-from core_helpers import build, fit_target, seeded_images
 
 
 def check_step(model: aim_core.AIM, images: torch.Tensor) -> None:
@@ -43,12 +43,15 @@ def test_every_combination_trains(head, target, order, attention):
     check_step(model, images)
 
 
-@pytest.mark.parametrize("preset,overrides", [
-    ("aim-test", {}),
-    ("aim-tiny", {}),
-    ("aim-small", dict(depth=2, head_depth=1)),
-    ("aim-600m", dict(img_size=28, depth=1, head_depth=1)),  # paper widths, shrunk in depth and image size
-])
+@pytest.mark.parametrize(
+    "preset,overrides",
+    [
+        ("aim-test", {}),
+        ("aim-tiny", {}),
+        ("aim-small", dict(depth=2, head_depth=1)),
+        ("aim-600m", dict(img_size=28, depth=1, head_depth=1)),  # paper widths, shrunk in depth and image size
+    ],
+)
 def test_presets_train(preset, overrides):
     cfg = aim_core.resolve_config(preset, **overrides)
     images = seeded_images(2, cfg.img_size)

@@ -30,8 +30,12 @@ class S3Env:
 def _iam_user(endpoint: str) -> tuple[str, str]:
     import boto3
 
-    kw = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "bootstrap",
-          "aws_secret_access_key": "bootstrap"}
+    kw = {
+        "endpoint_url": endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "bootstrap",
+        "aws_secret_access_key": "bootstrap",
+    }
     iam = boto3.client("iam", **kw)
     iam.create_user(UserName="aim-tests")
     policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
@@ -79,8 +83,12 @@ def ray_session():
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning",
-                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="warning",
+            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+        )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -20,23 +20,26 @@ def test_minimal_section_has_paper_defaults():
     assert cfg.s3.endpoint_url is None and 0 < cfg.max_bad_fraction < 1
 
 
-@pytest.mark.parametrize("patch, field", [
-    ({"pool": {"uri": "x", "top_fraction": 0}}, "data.pool.top_fraction"),
-    ({"pool": {"uri": "x", "top_fraction": 1.01}}, "data.pool.top_fraction"),
-    ({"mix": {"pool_probability": 0}}, "data.mix.pool_probability"),
-    ({"mix": {"pool_probability": 1.2}}, "data.mix.pool_probability"),
-    ({"augment": {"crop_scale": [0.9, 0.3]}}, "data.augment.crop_scale"),
-    ({"augment": {"crop_scale": [0, 1]}}, "data.augment.crop_scale"),
-    ({"augment": {"std": [0.2, 0, 0.2]}}, "data.augment.std"),
-    ({"augment": {"hflip": 2}}, "data.augment.hflip"),
-    ({"max_bad_fraction": 1}, "data.max_bad_fraction"),
-    ({"decode": {"concurrency": 0}}, "data.decode.concurrency"),
-    ({"curated": {"uri": "x", "format": "tfrecord"}}, "data.curated.format"),
-    ({"s3": {"endpoint_url": "127.0.0.1:9000"}}, "data.s3.endpoint_url"),
-    ({"s3": {"access_key": "AKIA..."}}, "data.s3.access_key"),
-    ({"pool": {"uri": "x", "threshold": 0.3, "top_fraction": 0.2}}, "data.pool.top_fraction"),
-    ({"pool": {"uri": "x", "scor_column": "s"}}, "data.pool.scor_column"),
-])
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ({"pool": {"uri": "x", "top_fraction": 0}}, "data.pool.top_fraction"),
+        ({"pool": {"uri": "x", "top_fraction": 1.01}}, "data.pool.top_fraction"),
+        ({"mix": {"pool_probability": 0}}, "data.mix.pool_probability"),
+        ({"mix": {"pool_probability": 1.2}}, "data.mix.pool_probability"),
+        ({"augment": {"crop_scale": [0.9, 0.3]}}, "data.augment.crop_scale"),
+        ({"augment": {"crop_scale": [0, 1]}}, "data.augment.crop_scale"),
+        ({"augment": {"std": [0.2, 0, 0.2]}}, "data.augment.std"),
+        ({"augment": {"hflip": 2}}, "data.augment.hflip"),
+        ({"max_bad_fraction": 1}, "data.max_bad_fraction"),
+        ({"decode": {"concurrency": 0}}, "data.decode.concurrency"),
+        ({"curated": {"uri": "x", "format": "tfrecord"}}, "data.curated.format"),
+        ({"s3": {"endpoint_url": "127.0.0.1:9000"}}, "data.s3.endpoint_url"),
+        ({"s3": {"access_key": "AKIA..."}}, "data.s3.access_key"),
+        ({"pool": {"uri": "x", "threshold": 0.3, "top_fraction": 0.2}}, "data.pool.top_fraction"),
+        ({"pool": {"uri": "x", "scor_column": "s"}}, "data.pool.scor_column"),
+    ],
+)
 def test_impossible_values_name_the_field(patch, field):
     raw = {**MINIMAL, **patch}
     with pytest.raises(DataConfigError) as e:
@@ -52,8 +55,10 @@ def test_threshold_alone_is_fine():
 
 def test_loader_reads_only_data_and_seed(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text("name: x\nseed: 7\nmodel: {preset: not-checked-here}\noptim: {lr: -1}\n"
-                    "data:\n  pool: {uri: /p}\n  curated: {uri: /c}\n")
+    path.write_text(
+        "name: x\nseed: 7\nmodel: {preset: not-checked-here}\noptim: {lr: -1}\n"
+        "data:\n  pool: {uri: /p}\n  curated: {uri: /c}\n"
+    )
     cfg, seed = load_data_section(path, ["data.mix.pool_probability=0.7"])
     assert seed == 7 and cfg.mix.pool_probability == 0.7 and cfg.pool.uri == "/p"
 

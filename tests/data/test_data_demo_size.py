@@ -32,9 +32,27 @@ def _curated_sizes(curated: Path) -> set[tuple[int, int]]:
 
 def test_demo_size_options(tmp_path):
     out = tmp_path / "demo"
-    res = CliRunner().invoke(app, ["data", "demo", "--out", str(out), "--shards", "1", "--per-shard", "20",
-                                   "--curated-train", "10", "--curated-test", "10", "--size", "48",
-                                   "--curated-size", "40"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "demo",
+            "--out",
+            str(out),
+            "--shards",
+            "1",
+            "--per-shard",
+            "20",
+            "--curated-train",
+            "10",
+            "--curated-test",
+            "10",
+            "--size",
+            "48",
+            "--curated-size",
+            "40",
+        ],
+    )
     assert res.exit_code == 0, res.output
     sizes = _pool_sizes(out / "pool")
     assert len(sizes) == 20 and all(36 <= s <= 72 for wh in sizes for s in wh)  # 0.75-1.5 x --size per side

@@ -28,9 +28,15 @@ def test_wds_round_trip(tmp_path):
     assert all(set(f) == {"jpg"} for _, f in only)
 
 
-@pytest.mark.parametrize("name, split, hit", [
-    ("cifar10_train-00-of-02.parquet", "train", True), ("cifar10_test-00-of-01.parquet", "train", False),
-    ("imagenet_val-00001.tar", "val", True), ("strain-0.parquet", "train", False)])
+@pytest.mark.parametrize(
+    "name, split, hit",
+    [
+        ("cifar10_train-00-of-02.parquet", "train", True),
+        ("cifar10_test-00-of-01.parquet", "train", False),
+        ("imagenet_val-00001.tar", "val", True),
+        ("strain-0.parquet", "train", False),
+    ],
+)
 def test_split_naming(name, split, hit):
     assert formats.split_matches(name, split) is hit
 
@@ -96,14 +102,37 @@ def test_cli_demo_and_convert(tmp_path):
 
     from pipelines.cli import app
 
-    r = CliRunner().invoke(app, ["data", "demo", "--out", str(tmp_path / "d"), "--shards", "2", "--per-shard", "30",
-                                 "--curated-train", "20", "--curated-test", "10", "--size", "24"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "demo",
+            "--out",
+            str(tmp_path / "d"),
+            "--shards",
+            "2",
+            "--per-shard",
+            "30",
+            "--curated-train",
+            "20",
+            "--curated-test",
+            "10",
+            "--size",
+            "24",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "d" / "pool").iterdir()) == [
-        "00000.parquet", "00000.tar", "00001.parquet", "00001.tar"]
+        "00000.parquet",
+        "00000.tar",
+        "00001.parquet",
+        "00001.tar",
+    ]
     assert (tmp_path / "d" / "data.yaml").read_text().count("uri:") == 2
-    r = CliRunner().invoke(app, ["data", "convert", CIFAR, "--out", str(tmp_path / "c"), "--as", "curated",
-                                 "--format", "wds", "--limit", "30"])
+    r = CliRunner().invoke(
+        app,
+        ["data", "convert", CIFAR, "--out", str(tmp_path / "c"), "--as", "curated", "--format", "wds", "--limit", "30"],
+    )
     assert r.exit_code == 0 and "30 rows" in r.output
     r = CliRunner().invoke(app, ["data", "convert", CIFAR, "--out", str(tmp_path / "x"), "--as", "nonsense"])
     assert r.exit_code == 2 and "--as" in r.output

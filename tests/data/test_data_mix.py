@@ -51,7 +51,7 @@ def test_plan_ranges_partition_the_epoch():
         assert a.slot_stop == b.slot_start and a.cur_stop == b.cur_start
     mask = pat.mask(0, ranges[-1].slot_stop)
     for r, n in zip(ranges, counts):
-        part = mask[r.slot_start:r.slot_stop]
+        part = mask[r.slot_start : r.slot_stop]
         assert part.sum() == n == r.n_pool and (~part).sum() == r.cur_stop - r.cur_start
     assert mask[-1]  # the epoch ends on its last pool sample
     assert plan_ranges([0, 0], pat) == []

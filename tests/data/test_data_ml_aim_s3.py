@@ -34,8 +34,13 @@ def test_import_and_export_through_s3(s3_env, monkeypatch, tmp_path):
     assert r.exit_code == 0, r.stderr
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="imported/")["Contents"]}
     assert keys == {"imported/aim-test/state.pt", "imported/aim-test/meta.json"}
-    cfg = ExperimentConfig.model_validate({"name": "s3", "model": {"preset": "aim-test"},
-                                           "data": {"pool": {"uri": "/unused"}, "curated": {"uri": "/unused"}}})
+    cfg = ExperimentConfig.model_validate(
+        {
+            "name": "s3",
+            "model": {"preset": "aim-test"},
+            "data": {"pool": {"uri": "/unused"}, "curated": {"uri": "/unused"}},
+        }
+    )
     loaded, _ = load_trunk(cfg, ckpt)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

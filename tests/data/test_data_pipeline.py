@@ -24,12 +24,21 @@ def test_build_on_s3_writes_manifest(ray_session, demo_s3, demo_local, s3_env, t
     from pipelines.cli import app
 
     uri, summary = demo_s3
-    exp = {"name": "demo", "seed": 4, "model": {"ignored": True},
-           "data": {"pool": {"uri": f"{uri}/pool", "dedup": True}, "curated": {"uri": f"{uri}/curated"},
-                    "max_bad_fraction": 0.05, "s3": {"endpoint_url": s3_env.endpoint}}}
+    exp = {
+        "name": "demo",
+        "seed": 4,
+        "model": {"ignored": True},
+        "data": {
+            "pool": {"uri": f"{uri}/pool", "dedup": True},
+            "curated": {"uri": f"{uri}/curated"},
+            "max_bad_fraction": 0.05,
+            "s3": {"endpoint_url": s3_env.endpoint},
+        },
+    }
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
-    result = CliRunner().invoke(app, ["data", "build", str(tmp_path / "exp.yaml"),
-                                      "--manifest", f"s3://aim-data/manifests/demo.json"])
+    result = CliRunner().invoke(
+        app, ["data", "build", str(tmp_path / "exp.yaml"), "--manifest", "s3://aim-data/manifests/demo.json"]
+    )
     assert result.exit_code == 0, result.output
     fs, _ = storage.filesystem("s3://aim-data", demo_config(uri, s3_env.cfg).s3)
     m = json.loads(storage.read_bytes(fs, "aim-data/manifests/demo.json"))
@@ -62,7 +71,7 @@ def test_train_dataset_deterministic_per_seed_and_epoch(ray_session, preserve_or
     images = np.concatenate([b["image"] for b in both.ds.iter_batches(batch_size=64, batch_format="numpy")])
     n0 = both.plans[0].n_slots - 3
     assert len(images) == both.n_slots - 6
-    assert np.array_equal(images[:40], first) and np.array_equal(images[n0:n0 + 40], other)
+    assert np.array_equal(images[:40], first) and np.array_equal(images[n0 : n0 + 40], other)
     # a run asks for the samples it will consume: enough epochs (+5% spare) are chained
     slots = both.plans[0].n_slots
     assert len(build_epoch(cfg, 24, seed=1, min_samples=slots).plans) == 2  # 1.05 x one epoch
@@ -79,8 +88,13 @@ def test_decoded_blocks_reach_the_consumer_whole_and_contiguous(ray_session, dem
     """Blocks reach the consumer as `block_rows` rows in one Arrow chunk (a block merged from pieces is a
     chunked array, which Ray's batcher copies whole), the last one per task shorter: fused whatever the
     decode batch size, actors when a decode batch is a block."""
-    cfg = demo_config(demo_local[0], pool__top_fraction=0.5, decode__block_rows=32, decode__batch_size=batch_size,
-                      decode__compute=compute)
+    cfg = demo_config(
+        demo_local[0],
+        pool__top_fraction=0.5,
+        decode__block_rows=32,
+        decode__batch_size=batch_size,
+        decode__compute=compute,
+    )
     built = build_epoch(cfg, 24, seed=0)
     blocks = list(built.ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     rows = [b.num_rows for b in blocks]

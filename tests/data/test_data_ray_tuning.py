@@ -13,10 +13,12 @@ import sys
 def test_importing_the_reader_applies_both_settings():
     # a fresh interpreter: the process that unpickles a dataset (e.g. Ray Train's split coordinator) has
     # imported nothing of ours but the reader module
-    code = ("import pipelines.data.reader\n"
-            "from ray.data._internal.execution import streaming_executor_state as s\n"
-            "from ray.data._internal.execution.resource_manager import ResourceManager as R\n"
-            "print(R.GLOBAL_LIMITS_UPDATE_INTERVAL_S, s.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S)\n")
+    code = (
+        "import pipelines.data.reader\n"
+        "from ray.data._internal.execution import streaming_executor_state as s\n"
+        "from ray.data._internal.execution.resource_manager import ResourceManager as R\n"
+        "print(R.GLOBAL_LIMITS_UPDATE_INTERVAL_S, s.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     from pipelines.data.raytools import DATA_LIMITS_REFRESH_S, DATA_TASK_WAIT_S
 
@@ -30,6 +32,9 @@ def test_the_executor_reads_them_at_run_time():
 
     from ray.data._internal.execution import resource_manager, streaming_executor_state
 
-    assert "self.GLOBAL_LIMITS_UPDATE_INTERVAL_S" in inspect.getsource(resource_manager.ResourceManager.get_global_limits)
+    assert "self.GLOBAL_LIMITS_UPDATE_INTERVAL_S" in inspect.getsource(
+        resource_manager.ResourceManager.get_global_limits
+    )
     assert "timeout=WAIT_FOR_TASK_COMPLETION_TIMEOUT_S" in inspect.getsource(
-        streaming_executor_state.process_completed_tasks)
+        streaming_executor_state.process_completed_tasks
+    )

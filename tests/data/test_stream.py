@@ -18,7 +18,7 @@ def _blocks(items, block=16):
     for t, after in items:
         rows = TASKS[t][TASKS[t] > after]
         for i in range(0, len(rows), block):
-            s = rows[i:i + block]
+            s = rows[i : i + block]
             yield {"image": s.astype(np.float32)[:, None] * np.ones((1, 3)), "slot": s}
 
 
@@ -53,7 +53,7 @@ def test_shuffle_mixes_within_windows_only():
     plain = np.concatenate(TASKS)[: len(slots)]
     assert not np.array_equal(slots, plain)
     for w in range(len(slots) // 24):
-        assert sorted(slots[24 * w: 24 * w + 24]) == list(plain[24 * w: 24 * w + 24])
+        assert sorted(slots[24 * w : 24 * w + 24]) == list(plain[24 * w : 24 * w + 24])
 
 
 def test_another_worker_count_continues_without_losing_a_sample():

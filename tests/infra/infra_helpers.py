@@ -25,10 +25,17 @@ def free_port() -> int:
 
 def base_env(**extra: str) -> dict[str, str]:
     """The environment without any real credential or Ray/MLflow address from the caller's shell."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "MLFLOW_", "RAY_")) and k not in ("PGPASSWORD",)}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true",
-               PATH=VENV_BIN + os.pathsep + env.get("PATH", ""))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "MLFLOW_", "RAY_")) and k not in ("PGPASSWORD",)
+    }
+    env.update(
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        PATH=VENV_BIN + os.pathsep + env.get("PATH", ""),
+    )
     env.update(extra)
     return env
 
@@ -68,14 +75,34 @@ def ray_head(resources: str = '{"TRAIN_DRIVER": 4}', num_cpus: int = 2):
     tmp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: Ray's socket paths must fit in 107 chars
     port, dash = free_port(), free_port()
     env = base_env(RAY_TMPDIR=tmp)
-    cmd = [str(Path(VENV_BIN) / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-           "--dashboard-host", "127.0.0.1", "--port", str(port), "--dashboard-port", str(dash),
-           "--num-cpus", str(num_cpus), "--resources", resources, "--disable-usage-stats",
-           "--ray-client-server-port", str(free_port()), "--temp-dir", tmp,
-           # the agent's HTTP port defaults to 52365: another Ray on this machine (a test session) may hold it
-           "--dashboard-agent-listen-port", str(free_port())]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, cwd=tmp)
+    cmd = [
+        str(Path(VENV_BIN) / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dashboard-port",
+        str(dash),
+        "--num-cpus",
+        str(num_cpus),
+        "--resources",
+        resources,
+        "--disable-usage-stats",
+        "--ray-client-server-port",
+        str(free_port()),
+        "--temp-dir",
+        tmp,
+        # the agent's HTTP port defaults to 52365: another Ray on this machine (a test session) may hold it
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=tmp
+    )
     sid = proc.pid
     try:
         out, _ = proc.communicate(timeout=90)
@@ -106,5 +133,6 @@ def _wait_jobs_api(address: str, timeout_s: float = 60) -> None:
 
 
 def aimctl(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "pipelines.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [PY, "-m", "pipelines.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )

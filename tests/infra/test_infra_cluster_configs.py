@@ -32,6 +32,7 @@ def _no_credentials(text: str) -> None:
 
 # ---------------------------------------------------------------- AWS cluster launcher
 
+
 def test_aws_config_prepares_and_validates_offline():
     from ray.autoscaler._private.util import prepare_config, validate_config
     from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
@@ -61,8 +62,10 @@ def test_aws_node_types_shape():
         assert t["max_workers"] >= 1
     gpu = {k: v for k, v in workers.items() if v["resources"].get("GPU")}
     assert {v["resources"]["GPU"] for v in gpu.values()} == {8}
-    markets = {("spot" if v["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
-                else "on-demand") for v in gpu.values()}
+    markets = {
+        ("spot" if v["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot" else "on-demand")
+        for v in gpu.values()
+    }
     assert markets == {"spot", "on-demand"}
     assert any(not v["resources"].get("GPU") for v in workers.values()), "CPU decode nodes missing"
     assert sum(v["max_workers"] for v in workers.values()) >= cfg["max_workers"] > 0
@@ -82,6 +85,7 @@ def test_aws_image_shm_and_dashboard():
 
 
 # ---------------------------------------------------------------- KubeRay
+
 
 def _raycluster():
     cr = _load(KUBERAY / "raycluster.yaml")
@@ -130,9 +134,15 @@ def test_raycluster_structure():
         assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
         assert not any(e.get("name", "").startswith("AWS_SECRET") for e in c.get("env", []))
     groups = _groups(spec)
-    gpu = [g for g in groups.values()
-           if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
-    assert {g["template"]["spec"]["nodeSelector"]["eks.amazonaws.com/capacityType"] for g in gpu} == {"SPOT", "ON_DEMAND"}
+    gpu = [
+        g
+        for g in groups.values()
+        if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
+    ]
+    assert {g["template"]["spec"]["nodeSelector"]["eks.amazonaws.com/capacityType"] for g in gpu} == {
+        "SPOT",
+        "ON_DEMAND",
+    }
     assert head["template"]["spec"]["nodeSelector"]["eks.amazonaws.com/capacityType"] == "ON_DEMAND"
     for f in KUBERAY.glob("*.yaml"):
         _no_credentials(f.read_text())

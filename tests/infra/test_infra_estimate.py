@@ -16,8 +16,9 @@ def test_estimate_json_is_consistent(capsys):
     estimate.main(["--no-sweep-file", "--trials", "10", "--mfu", "0.5", "--nodes", "5"])
     d = json.loads(capsys.readouterr().out)
     a = d["assumptions"]
-    from aim_core import build_model
     import torch
+
+    from aim_core import build_model
 
     with torch.device("meta"):
         fpi = build_model("aim-600m").flops_per_image()["train"]
@@ -38,19 +39,34 @@ def test_estimate_json_is_consistent(capsys):
 
 def test_estimate_costs_each_trial_of_a_sweep_file(tmp_path, capsys):
     """With a sweep file, each trial is costed with its own model's FLOPs (the base and two presets)."""
+    import torch
     import yaml
 
     from aim_core import build_model
     from infra import estimate
-    import torch
 
-    base = {"name": "est", "model": {"preset": "aim-test"},
-            "data": {"pool": {"uri": str(tmp_path / "pool")}, "curated": {"uri": str(tmp_path / "curated")}}}
+    base = {
+        "name": "est",
+        "model": {"preset": "aim-test"},
+        "data": {"pool": {"uri": str(tmp_path / "pool")}, "curated": {"uri": str(tmp_path / "curated")}},
+    }
     sweep = tmp_path / "grid.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "name": "grid", "experiment": base, "mode": "one_at_a_time",
-        "axes": {"size": {"tiny": {"model.preset": "aim-tiny"}, "small": {"model.preset": "aim-small"},
-                          "tiny_again": {"model.preset": "aim-tiny", "model.img_size": 32}}}}))
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "name": "grid",
+                "experiment": base,
+                "mode": "one_at_a_time",
+                "axes": {
+                    "size": {
+                        "tiny": {"model.preset": "aim-tiny"},
+                        "small": {"model.preset": "aim-small"},
+                        "tiny_again": {"model.preset": "aim-tiny", "model.img_size": 32},
+                    }
+                },
+            }
+        )
+    )
     estimate.main(["--sweep", str(sweep), "--steps", "1000", "--batch-size", "256"])
     d = json.loads(capsys.readouterr().out)
     with torch.device("meta"):
@@ -69,10 +85,17 @@ def test_estimate_multiplies_by_the_sweep_seeds(tmp_path, capsys):
 
     from infra import estimate
 
-    base = {"name": "est", "model": {"preset": "aim-test"},
-            "data": {"pool": {"uri": str(tmp_path / "pool")}, "curated": {"uri": str(tmp_path / "curated")}}}
-    spec = {"name": "seeded", "experiment": base, "mode": "one_at_a_time",
-            "axes": {"size": {"test": {"model.preset": "aim-test"}, "tiny": {"model.preset": "aim-tiny"}}}}
+    base = {
+        "name": "est",
+        "model": {"preset": "aim-test"},
+        "data": {"pool": {"uri": str(tmp_path / "pool")}, "curated": {"uri": str(tmp_path / "curated")}},
+    }
+    spec = {
+        "name": "seeded",
+        "experiment": base,
+        "mode": "one_at_a_time",
+        "axes": {"size": {"test": {"model.preset": "aim-test"}, "tiny": {"model.preset": "aim-tiny"}}},
+    }
     got = {}
     for seeds in (None, [0, 1, 2]):
         path = tmp_path / f"s{len(seeds or [])}.yaml"

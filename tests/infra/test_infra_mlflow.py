@@ -5,7 +5,6 @@ laptop helper; the compose file's structure."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 import urllib.error
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from infra_helpers import base_env, free_port, stop_session
+
 from tests.conftest import moto_without_auth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,18 +38,24 @@ def _wait_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 60)
 
 
 def test_server_script_refuses_password_in_uri(tmp_path):
-    env = base_env(MLFLOW_BACKEND_STORE_URI="postgresql://mlflow:hunter2@db:5432/mlflow",
-                   MLFLOW_ARTIFACTS_DESTINATION="s3://b/p")
-    out = subprocess.run(["bash", str(MLFLOW_DIR / "server.sh"), "--print-command"], env=env,
-                         capture_output=True, text=True, timeout=30)
+    env = base_env(
+        MLFLOW_BACKEND_STORE_URI="postgresql://mlflow:hunter2@db:5432/mlflow", MLFLOW_ARTIFACTS_DESTINATION="s3://b/p"
+    )
+    out = subprocess.run(
+        ["bash", str(MLFLOW_DIR / "server.sh"), "--print-command"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 2 and "PGPASSWORD" in out.stderr and "hunter2" not in out.stdout + out.stderr
 
 
 def test_server_script_command_defaults():
-    env = base_env(MLFLOW_BACKEND_STORE_URI="postgresql://mlflow@db:5432/mlflow", PGPASSWORD=FAKE_SECRET,
-                   MLFLOW_ARTIFACTS_DESTINATION="s3://bucket/mlflow")
-    out = subprocess.run(["bash", str(MLFLOW_DIR / "server.sh"), "--print-command"], env=env,
-                         capture_output=True, text=True, timeout=30)
+    env = base_env(
+        MLFLOW_BACKEND_STORE_URI="postgresql://mlflow@db:5432/mlflow",
+        PGPASSWORD=FAKE_SECRET,
+        MLFLOW_ARTIFACTS_DESTINATION="s3://bucket/mlflow",
+    )
+    out = subprocess.run(
+        ["bash", str(MLFLOW_DIR / "server.sh"), "--print-command"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     cmd = out.stdout.split()
     for flag in ("--serve-artifacts", "--artifacts-destination", "--allowed-hosts", "--backend-store-uri"):
@@ -73,16 +78,34 @@ def _shared_server_proxies_artifacts_to_s3(tmp_path):
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
     moto.start()
     endpoint = f"http://127.0.0.1:{s3_port}"
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="AKIAFAKEFAKE0001",
-                      aws_secret_access_key=FAKE_SECRET)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="AKIAFAKEFAKE0001",
+        aws_secret_access_key=FAKE_SECRET,
+    )
     s3.create_bucket(Bucket="aim-mlflow")
-    env = base_env(MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp_path}/mlflow.db",
-                   MLFLOW_ARTIFACTS_DESTINATION="s3://aim-mlflow/artifacts", MLFLOW_PORT=str(port),
-                   MLFLOW_WORKERS="1", MLFLOW_BIN=MLFLOW_BIN, AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1",
-                   AWS_ACCESS_KEY_ID="AKIAFAKEFAKE0001", AWS_SECRET_ACCESS_KEY=FAKE_SECRET)
+    env = base_env(
+        MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp_path}/mlflow.db",
+        MLFLOW_ARTIFACTS_DESTINATION="s3://aim-mlflow/artifacts",
+        MLFLOW_PORT=str(port),
+        MLFLOW_WORKERS="1",
+        MLFLOW_BIN=MLFLOW_BIN,
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="AKIAFAKEFAKE0001",
+        AWS_SECRET_ACCESS_KEY=FAKE_SECRET,
+    )
     log = tmp_path / "server.log"
-    proc = subprocess.Popen(["bash", str(MLFLOW_DIR / "server.sh")], env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        ["bash", str(MLFLOW_DIR / "server.sh")],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_up(url, proc, log)
@@ -99,8 +122,9 @@ def _shared_server_proxies_artifacts_to_s3(tmp_path):
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="aim-mlflow").get("Contents", [])]
         assert any(k.startswith("artifacts/") and k.endswith("/note.txt") for k in keys), keys
-        req = urllib.request.Request(url + "/api/2.0/mlflow/experiments/search?max_results=1",
-                                     headers={"Host": "attacker.example"})
+        req = urllib.request.Request(
+            url + "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": "attacker.example"}
+        )
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=5)
         assert e.value.code == 403
@@ -116,9 +140,13 @@ def _shared_server_proxies_artifacts_to_s3(tmp_path):
 def test_local_server_helper(tmp_path):
     port = free_port()
     log = tmp_path / "local.log"
-    proc = subprocess.Popen(["bash", str(MLFLOW_DIR / "local_server.sh"), str(port), str(tmp_path / "store")],
-                            env=base_env(MLFLOW_BIN=MLFLOW_BIN), stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(MLFLOW_DIR / "local_server.sh"), str(port), str(tmp_path / "store")],
+        env=base_env(MLFLOW_BIN=MLFLOW_BIN),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         _wait_up(f"http://127.0.0.1:{port}", proc, log)
         assert (tmp_path / "store/mlflow.db").exists()

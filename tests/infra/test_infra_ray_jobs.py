@@ -11,13 +11,16 @@ import json
 
 import pytest
 import yaml
-
 from infra_helpers import PY, aimctl, base_env, ray_head
 
 pytestmark = pytest.mark.ray
 
-SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAFAKEINFRATEST0001", "AWS_SECRET_ACCESS_KEY": "fake-secret-ray-jobs-9183",
-           "AWS_SESSION_TOKEN": "fake-session-token-ray-jobs-5521", "MLFLOW_TRACKING_PASSWORD": "fake-mlflow-pw-0042"}
+SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIAFAKEINFRATEST0001",
+    "AWS_SECRET_ACCESS_KEY": "fake-secret-ray-jobs-9183",
+    "AWS_SESSION_TOKEN": "fake-session-token-ray-jobs-5521",
+    "MLFLOW_TRACKING_PASSWORD": "fake-mlflow-pw-0042",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +32,12 @@ def head():
 @pytest.fixture()
 def client_env(tmp_path):
     # The submitting shell: tracking URI, S3 endpoint, region, and credentials that must stay here.
-    return base_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", AWS_ENDPOINT_URL="http://127.0.0.1:9",
-                    AWS_REGION="us-east-1", **SECRETS)
+    return base_env(
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+        AWS_ENDPOINT_URL="http://127.0.0.1:9",
+        AWS_REGION="us-east-1",
+        **SECRETS,
+    )
 
 
 def _no_secrets(*texts: str) -> None:
@@ -49,13 +56,22 @@ def _tiny_experiment(tmp_path) -> str:
     from pipelines.data.demo import write_demo
 
     demo = write_demo(str(tmp_path / "demo"), shards=1, per_shard=64, curated_train=64, curated_test=32, size=16)
-    exp = {"name": "infra-submit", "seed": 0, "model": {"preset": "aim-test", "img_size": 16},
-           "data": {"pool": {"uri": demo.pool_uri, "top_fraction": 1.0}, "curated": {"uri": demo.curated_uri},
-                    "max_bad_fraction": 0.2, "decode": {"num_cpus": 0.25, "concurrency": 1}},
-           "optim": {"batch_size": 8}, "schedule": {"steps": 50, "warmup_fraction": 0.1},
-           "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "shuffle_buffer": 16},
-           "storage": {"path": str(tmp_path / "runs"), "checkpoint_every": 2},
-           "tracking": {"experiment": "infra-submit", "log_every": 1}}
+    exp = {
+        "name": "infra-submit",
+        "seed": 0,
+        "model": {"preset": "aim-test", "img_size": 16},
+        "data": {
+            "pool": {"uri": demo.pool_uri, "top_fraction": 1.0},
+            "curated": {"uri": demo.curated_uri},
+            "max_bad_fraction": 0.2,
+            "decode": {"num_cpus": 0.25, "concurrency": 1},
+        },
+        "optim": {"batch_size": 8},
+        "schedule": {"steps": 50, "warmup_fraction": 0.1},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "shuffle_buffer": 16},
+        "storage": {"path": str(tmp_path / "runs"), "checkpoint_every": 2},
+        "tracking": {"experiment": "infra-submit", "log_every": 1},
+    }
     path = tmp_path / "infra-submit.yaml"
     path.write_text(yaml.safe_dump(exp))
     return str(path)
@@ -66,8 +82,21 @@ def test_submit_pretrain_follow_and_job_record(head, client_env, tmp_path):
     from ray.job_submission import JobSubmissionClient
 
     exp = _tiny_experiment(tmp_path)
-    r = aimctl("submit", "--address", head, "--follow", "--python", PY, "--",
-               "pretrain", exp, "--set", "schedule.steps=4", env=client_env, timeout=300)
+    r = aimctl(
+        "submit",
+        "--address",
+        head,
+        "--follow",
+        "--python",
+        PY,
+        "--",
+        "pretrain",
+        exp,
+        "--set",
+        "schedule.steps=4",
+        env=client_env,
+        timeout=300,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
     _no_secrets(r.stdout, r.stderr)
     sid = _submitted_id(r.stdout)
@@ -112,6 +141,8 @@ def test_failures_exit_nonzero_and_resubmissions_get_the_next_id(head, client_en
     assert again.returncode == 0, again.stderr
     sid2 = _submitted_id(again.stdout)
     assert sid2.startswith("aim-model-info-")
-    assert sid2 == (sid[:-2] + "-2" if sid2.rsplit("-", 1)[0] == sid.rsplit("-", 1)[0] else sid2.rsplit("-", 1)[0] + "-1")
+    assert sid2 == (
+        sid[:-2] + "-2" if sid2.rsplit("-", 1)[0] == sid.rsplit("-", 1)[0] else sid2.rsplit("-", 1)[0] + "-1"
+    )
     logs = aimctl("jobs", "logs", sid, "--address", head, env=client_env)
     assert logs.returncode == 0 and "unknown preset" in logs.stdout

@@ -13,10 +13,17 @@ from pipelines import submit as sub
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "fake-secret-value-never-sent-7731"
-ENV = {"MLFLOW_TRACKING_URI": "http://mlflow.internal:5000", "AWS_ENDPOINT_URL": "http://minio:9000",
-       "AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE0001",
-       "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": SECRET + "-session", "HOME": "/root",
-       "MY_SETTING": "x"}
+ENV = {
+    "MLFLOW_TRACKING_URI": "http://mlflow.internal:5000",
+    "AWS_ENDPOINT_URL": "http://minio:9000",
+    "AWS_REGION": "eu-west-1",
+    "AWS_DEFAULT_REGION": "eu-west-1",
+    "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE0001",
+    "AWS_SECRET_ACCESS_KEY": SECRET,
+    "AWS_SESSION_TOKEN": SECRET + "-session",
+    "HOME": "/root",
+    "MY_SETTING": "x",
+}
 
 
 def _req(command, **kw):
@@ -28,7 +35,9 @@ def test_request_carries_settings_not_credentials():
     assert r.command[0] == "pretrain"
     assert r.entrypoint == "python -m pipelines.cli pretrain experiments/cifar10-tiny.yaml --set schedule.steps=4"
     env_vars = r.runtime_env["env_vars"]
-    assert env_vars == {k: ENV[k] for k in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")}
+    assert env_vars == {
+        k: ENV[k] for k in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+    }
     assert r.runtime_env["working_dir"] == str(ROOT)
     for ex in (".venv/", ".git/", "runs/", "mlflow.db", "mlartifacts/"):
         assert ex in r.runtime_env["excludes"]
@@ -38,17 +47,20 @@ def test_request_carries_settings_not_credentials():
     assert not r.warnings
 
 
-@pytest.mark.parametrize("command,extra_env,match", [
-    (["pretrain", "x.yaml"], ["AWS_SECRET_ACCESS_KEY"], "credentials never travel"),
-    (["pretrain", "x.yaml"], ["MY_API_TOKEN=abc"], "credentials never travel"),
-    (["pretrain", "x.yaml"], ["DB=postgresql://u:pw@h/db"], "password"),
-    (["pretrain", "x.yaml", "--set", "data.s3.secret_key=abc"], [], "credentials never go"),
-    (["pretrain", "x.yaml", "--set", f"data.s3.endpoint={SECRET}"], [], "value of a credential"),
-    (["pretrain", "x.yaml", "--set", "tracking.uri=http://u:pw@mlflow:5000"], [], "password"),
-    (["submit", "--", "pretrain"], [], "runs on your machine"),
-    ([], [], "no command"),
-    (["pretrain", "x.yaml"], ["NOT_SET_ANYWHERE"], "not set"),
-])
+@pytest.mark.parametrize(
+    "command,extra_env,match",
+    [
+        (["pretrain", "x.yaml"], ["AWS_SECRET_ACCESS_KEY"], "credentials never travel"),
+        (["pretrain", "x.yaml"], ["MY_API_TOKEN=abc"], "credentials never travel"),
+        (["pretrain", "x.yaml"], ["DB=postgresql://u:pw@h/db"], "password"),
+        (["pretrain", "x.yaml", "--set", "data.s3.secret_key=abc"], [], "credentials never go"),
+        (["pretrain", "x.yaml", "--set", f"data.s3.endpoint={SECRET}"], [], "value of a credential"),
+        (["pretrain", "x.yaml", "--set", "tracking.uri=http://u:pw@mlflow:5000"], [], "password"),
+        (["submit", "--", "pretrain"], [], "runs on your machine"),
+        ([], [], "no command"),
+        (["pretrain", "x.yaml"], ["NOT_SET_ANYWHERE"], "not set"),
+    ],
+)
 def test_refusals(command, extra_env, match):
     with pytest.raises(sub.SubmitError, match=match):
         _req(command, extra_env=extra_env)
@@ -89,16 +101,38 @@ def test_redact():
 
 def test_cli_dry_run_prints_no_secret():
     env = {**{k: v for k, v in __import__("os").environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}, **ENV}
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "submit", "--dry-run", "--", "model", "info",
-                          "aim-test", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "submit", "--dry-run", "--", "model", "info", "aim-test", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert SECRET not in out.stdout + out.stderr
     job = json.loads(out.stdout)
     assert job["entrypoint"].endswith("-m pipelines.cli model info aim-test --json")
     assert job["submission_id_prefix"].startswith("aim-model-info-")
-    refused = subprocess.run([sys.executable, "-m", "pipelines.cli", "submit", "--dry-run", "--env",
-                              "AWS_SECRET_ACCESS_KEY", "--", "model", "list"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "submit",
+            "--dry-run",
+            "--env",
+            "AWS_SECRET_ACCESS_KEY",
+            "--",
+            "model",
+            "list",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2 and SECRET not in refused.stdout + refused.stderr
 
 

@@ -47,8 +47,13 @@ def free_port() -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     """The caller's environment without credentials or Ray/MLflow addresses; quiet, local-only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true",
-               PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env.update(
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
     env.update(extra)
     return env
 
@@ -56,8 +61,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 def aimctl(*args: str, cwd: Path, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
     """`python -m pipelines.cli ARGS` in its own session (so the whole tree can be killed by session id)."""
     out = open(log, "ab") if log else subprocess.PIPE
-    return subprocess.Popen([PY, "-m", "pipelines.cli", *args], cwd=cwd, env=env, start_new_session=True,
-                            stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE)
+    return subprocess.Popen(
+        [PY, "-m", "pipelines.cli", *args],
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=out,
+        stderr=subprocess.STDOUT if log else subprocess.PIPE,
+    )
 
 
 def session_pids(sid: int) -> list[int]:
@@ -85,8 +96,14 @@ def write_yaml(path: Path, data) -> Path:
     return path
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None,
-             interval: float = 0.1):
+def wait_for(
+    predicate,
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    interval: float = 0.1,
+):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -159,8 +176,13 @@ class MotoS3:
     def boto(self, service: str = "s3", key: str | None = None, secret: str | None = None):
         import boto3
 
-        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=key or self.key, aws_secret_access_key=secret or self.secret)
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=key or self.key,
+            aws_secret_access_key=secret or self.secret,
+        )
 
 
 def _listening(port: int) -> bool:

@@ -16,10 +16,16 @@ from reliability_helpers import aimctl, clean_env, write_yaml
 
 pytestmark = pytest.mark.reliability
 
-VALID = {"name": "bad", "seed": 0, "model": {"preset": "aim-test", "img_size": 16},
-         "data": {"pool": {"uri": "pool"}, "curated": {"uri": "curated"}},
-         "optim": {"batch_size": 16}, "schedule": {"steps": 4},
-         "storage": {"path": "runs"}, "tracking": {"experiment": "bad-configs"}}
+VALID = {
+    "name": "bad",
+    "seed": 0,
+    "model": {"preset": "aim-test", "img_size": 16},
+    "data": {"pool": {"uri": "pool"}, "curated": {"uri": "curated"}},
+    "optim": {"batch_size": 16},
+    "schedule": {"steps": 4},
+    "storage": {"path": "runs"},
+    "tracking": {"experiment": "bad-configs"},
+}
 
 
 def exp(**changes) -> dict:
@@ -37,8 +43,11 @@ def exp(**changes) -> dict:
 
 
 def sweep(**fields) -> dict:
-    base = {"name": "bad-sweep", "experiment": {k: v for k, v in VALID.items() if k != "name"},
-            "axes": {"order": {"raster": {"model.order": "raster"}, "spiral": {"model.order": "spiral"}}}}
+    base = {
+        "name": "bad-sweep",
+        "experiment": {k: v for k, v in VALID.items() if k != "name"},
+        "axes": {"order": {"raster": {"model.order": "raster"}, "spiral": {"model.order": "spiral"}}},
+    }
     base.update(fields)
     return {k: v for k, v in base.items() if v is not ...}
 
@@ -55,26 +64,44 @@ CASES = [  # each one a real `python -m pipelines.cli` process
     ("unknown-head", "pretrain", exp(model__head="conv"), [], "model.head"),
     ("unknown-preset", "pretrain", exp(model__preset="aim-99b"), [], "model.preset"),
     ("image-not-divisible-by-patch", "pretrain", exp(model__img_size=18, model__patch_size=4), [], "model.img_size"),
-    ("prefix-with-one-patch", "pretrain", exp(model__attention="prefix", model__patch_size=16), [],
-     "model.attention"),
+    ("prefix-with-one-patch", "pretrain", exp(model__attention="prefix", model__patch_size=16), [], "model.attention"),
     ("bad-crop-scale", "pretrain", exp(data__augment={"crop_scale": [0.9, 0.2]}), [], "data.augment.crop_scale"),
-    ("threshold-and-top-fraction", "pretrain", exp(data__pool__threshold=0.3, data__pool__top_fraction=0.2), [],
-     "top_fraction"),
+    (
+        "threshold-and-top-fraction",
+        "pretrain",
+        exp(data__pool__threshold=0.3, data__pool__top_fraction=0.2),
+        [],
+        "top_fraction",
+    ),
     ("bad-yaml", "pretrain", "name: x\nmodel: {preset: aim-test\n", [], "not valid YAML"),
     ("set-typo", "pretrain", exp(), ["--set", "optim.lrr=1e-3"], "optim.lrr: unknown key"),
     ("sweep-base-and-experiment", "sweep", sweep(base="other.yaml"), [], "base"),
     ("sweep-empty-axis", "sweep", sweep(axes={"order": {}}), [], "axis 'order' has no values"),
-    ("sweep-axis-value-not-a-mapping", "sweep", sweep(axes={"order": {"raster": "model.order=raster"}}), [],
-     "axes.order.raster"),
-    ("sweep-trial-invalid", "sweep", sweep(axes={"order": {"zigzag": {"model.order": "zigzag"}}}), [],
-     "model.order"),
+    (
+        "sweep-axis-value-not-a-mapping",
+        "sweep",
+        sweep(axes={"order": {"raster": "model.order=raster"}}),
+        [],
+        "axes.order.raster",
+    ),
+    ("sweep-trial-invalid", "sweep", sweep(axes={"order": {"zigzag": {"model.order": "zigzag"}}}), [], "model.order"),
 ]
 
 MORE_CASES = [  # the same CLI code in this process (typer's runner): cheap breadth
-    ("batch-not-divisible-by-workers", "pretrain", exp(optim__batch_size=10, scaling={"num_workers": 4}), [],
-     "optim.batch_size"),
-    ("endpoint-without-scheme", "pretrain", exp(data__s3={"endpoint_url": "127.0.0.1:9000"}), [],
-     "data.s3.endpoint_url"),
+    (
+        "batch-not-divisible-by-workers",
+        "pretrain",
+        exp(optim__batch_size=10, scaling={"num_workers": 4}),
+        [],
+        "optim.batch_size",
+    ),
+    (
+        "endpoint-without-scheme",
+        "pretrain",
+        exp(data__s3={"endpoint_url": "127.0.0.1:9000"}),
+        [],
+        "data.s3.endpoint_url",
+    ),
     ("negative-retry-window", "pretrain", exp(data__s3={"retry_seconds": -1}), [], "data.s3.retry_seconds"),
     ("clip-zero", "pretrain", exp(optim__clip_grad=0), [], "optim.clip_grad"),
     ("missing-data-section", "pretrain", exp(data=...), [], "data"),
@@ -94,6 +121,7 @@ MORE_CASES = [  # the same CLI code in this process (typer's runner): cheap brea
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
     """Run every case's CLI process (four at a time), keyed by case id: (returncode, stderr, stdout, cwd)."""
+
     def run(case):
         cid, cmd, content, extra, _ = case
         cwd = tmp_path_factory.mktemp(cid)

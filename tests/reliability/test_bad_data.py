@@ -30,6 +30,7 @@ def _truncate(fraction: float):
         tar = pool / f"{SHARD}.tar"
         data = tar.read_bytes()
         tar.write_bytes(data[: int(len(data) * fraction)])
+
     return f
 
 
@@ -42,8 +43,10 @@ def _zero_byte_image(pool: Path) -> None:
     broken = {key for _, key, _ in json.loads((pool.parent / "demo.json").read_text())["corrupt"]}
     rows = [r for r in pq.read_table(pool / f"{SHARD}.parquet").to_pylist() if r["key"] not in broken]
     best = max(rows, key=lambda r: r["dfn_score"])["key"]
-    samples = [(k, {**f, "jpg": b""} if k == best else f)
-               for k, f in iter_wds(pafs.LocalFileSystem(), str(pool / f"{SHARD}.tar"))]
+    samples = [
+        (k, {**f, "jpg": b""} if k == best else f)
+        for k, f in iter_wds(pafs.LocalFileSystem(), str(pool / f"{SHARD}.tar"))
+    ]
     (pool / f"{SHARD}.tar").write_bytes(wds_bytes(samples))
 
 
@@ -51,6 +54,7 @@ def _drop_column(col: str):
     def f(pool: Path) -> None:
         path = pool / f"{SHARD}.parquet"
         pq.write_table(pq.read_table(path).drop_columns([col]), path)
+
     return f
 
 
@@ -76,9 +80,15 @@ def test_bad_data_counted_or_refused_naming_the_shard(ray_local, demo_data, tmp_
     root = tmp_path / "demo"
     shutil.copytree(Path(demo_data.pool_uri).parent, root)
     breaks(root / "pool")
-    exp = {"seed": 0, "data": {"pool": {"uri": str(root / "pool"), "top_fraction": 0.5},
-                               "curated": {"uri": str(root / "curated")}, "max_bad_fraction": 0.2,
-                               "decode": {"num_cpus": 0.25, "concurrency": 1}}}
+    exp = {
+        "seed": 0,
+        "data": {
+            "pool": {"uri": str(root / "pool"), "top_fraction": 0.5},
+            "curated": {"uri": str(root / "curated")},
+            "max_bad_fraction": 0.2,
+            "decode": {"num_cpus": 0.25, "concurrency": 1},
+        },
+    }
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
     r = CliRunner().invoke(app, ["data", "build", str(tmp_path / "exp.yaml"), "--img-size", "16"])
     assert r.exit_code == code, (r.exit_code, r.stderr[-2000:], r.exception)

@@ -20,13 +20,21 @@ import json
 import re
 import shutil
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from reliability_helpers import (aimctl, aws_env, clean_env, kill_session, moto_s3, secret_hits, session_pids,
-                                 wait_for, write_yaml)
+from reliability_helpers import (
+    aimctl,
+    aws_env,
+    clean_env,
+    kill_session,
+    moto_s3,
+    secret_hits,
+    session_pids,
+    wait_for,
+    write_yaml,
+)
 
 from pipelines import tracking
 
@@ -37,15 +45,24 @@ STEPS = 24
 
 
 def _experiment(tmp: Path, s3, name: str, **over) -> dict:
-    exp = {"name": name, "seed": 0, "model": {"preset": "aim-test", "img_size": 16},
-           "data": {"pool": {"uri": f"s3://{BUCKET}/demo/pool", "top_fraction": 0.5},
-                    "curated": {"uri": f"s3://{BUCKET}/demo/curated"}, "max_bad_fraction": 0.2,
-                    "decode": {"num_cpus": 0.25, "concurrency": 1}, "s3": {"endpoint_url": s3.endpoint}},
-           "optim": {"batch_size": 16, "lr": 2e-2}, "schedule": {"steps": STEPS, "warmup_fraction": 0.1},
-           "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "shuffle_buffer": 64},
-           "storage": {"path": f"s3://{BUCKET}/runs", "checkpoint_every": 6},
-           "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "reliability", "log_every": 1},
-           "probe": {"epochs": 5, "batch_size": 64, "lr": 3e-3}}
+    exp = {
+        "name": name,
+        "seed": 0,
+        "model": {"preset": "aim-test", "img_size": 16},
+        "data": {
+            "pool": {"uri": f"s3://{BUCKET}/demo/pool", "top_fraction": 0.5},
+            "curated": {"uri": f"s3://{BUCKET}/demo/curated"},
+            "max_bad_fraction": 0.2,
+            "decode": {"num_cpus": 0.25, "concurrency": 1},
+            "s3": {"endpoint_url": s3.endpoint},
+        },
+        "optim": {"batch_size": 16, "lr": 2e-2},
+        "schedule": {"steps": STEPS, "warmup_fraction": 0.1},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "shuffle_buffer": 64},
+        "storage": {"path": f"s3://{BUCKET}/runs", "checkpoint_every": 6},
+        "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "reliability", "log_every": 1},
+        "probe": {"epochs": 5, "batch_size": 64, "lr": 3e-3},
+    }
     exp.update(over)
     return exp
 
@@ -65,8 +82,12 @@ def _dashboard_dump(log: Path, out: Path) -> dict:
         return {}
     base = url.group(1)
     texts = []
-    for path in ("/api/jobs/", "/api/v0/actors?detail=true&limit=10000", "/api/v0/tasks?detail=true&limit=10000",
-                 "/api/v0/nodes?detail=true"):
+    for path in (
+        "/api/jobs/",
+        "/api/v0/actors?detail=true&limit=10000",
+        "/api/v0/tasks?detail=true&limit=10000",
+        "/api/v0/nodes?detail=true",
+    ):
         with urllib.request.urlopen(base + path, timeout=30) as r:
             texts.append(r.read().decode(errors="replace"))
     out.write_text("\n".join(texts))
@@ -98,8 +119,15 @@ def cli(tmp_path_factory):
     with moto_s3(BUCKET, "rel-secrets") as s3:
         out["s3"] = s3
         with aws_env(s3):
-            write_demo(f"s3://{BUCKET}/demo", shards=2, per_shard=120, curated_train=300, curated_test=200,
-                       size=32, s3=S3Config(endpoint_url=s3.endpoint))
+            write_demo(
+                f"s3://{BUCKET}/demo",
+                shards=2,
+                per_shard=120,
+                curated_train=300,
+                curated_test=200,
+                size=32,
+                s3=S3Config(endpoint_url=s3.endpoint),
+            )
         env = clean_env(AWS_ACCESS_KEY_ID=s3.key, AWS_SECRET_ACCESS_KEY=s3.secret, RAY_TMPDIR=str(ray_tmp))
         exp = write_yaml(tmp / "pretrain.yaml", _experiment(tmp, s3, "killed-driver"))
 
@@ -107,8 +135,14 @@ def cli(tmp_path_factory):
         log = out["logs"]["pretrain-killed"] = tmp / "pretrain-killed.log"
         proc = aimctl("pretrain", str(exp), cwd=tmp, env=env, log=log)
         try:
-            out["killed_at"] = wait_for(lambda: _registered_step(s3, "runs/killed-driver"), 900,
-                                        "a registered checkpoint", proc=proc, log=log, interval=0.2)
+            out["killed_at"] = wait_for(
+                lambda: _registered_step(s3, "runs/killed-driver"),
+                900,
+                "a registered checkpoint",
+                proc=proc,
+                log=log,
+                interval=0.2,
+            )
             out["dashboards"] = [_dashboard_dump(log, dash_dir / "pretrain.json")]
         finally:
             kill_session(proc.pid)
@@ -123,22 +157,44 @@ def cli(tmp_path_factory):
         base = _experiment(tmp, s3, "unused", schedule={"steps": 6, "warmup_fraction": 0.1})
         base.pop("name")
         base["storage"] = {"path": f"s3://{BUCKET}/sweep-runs", "checkpoint_every": 3}
-        sweep = write_yaml(tmp / "sweep.yaml", {
-            "name": "secrets", "experiment": base, "mode": "one_at_a_time",
-            "axes": {"target": {"norm_pixel": {"target.name": "norm_pixel"}}}, "resources": {"cpus_per_trial": 0.25}})
+        sweep = write_yaml(
+            tmp / "sweep.yaml",
+            {
+                "name": "secrets",
+                "experiment": base,
+                "mode": "one_at_a_time",
+                "axes": {"target": {"norm_pixel": {"target.name": "norm_pixel"}}},
+                "resources": {"cpus_per_trial": 0.25},
+            },
+        )
         log = out["logs"]["sweep"] = tmp / "sweep.log"
         proc = aimctl("sweep", str(sweep), cwd=tmp, env=env, log=log)
         try:
             # while the trial trains: the dashboard's view of the cluster
-            wait_for(lambda: _registered_step(s3, "sweep-runs/secrets-base-") or _any_trial_ckpt(s3), 900,
-                     "the sweep trial's first checkpoint", proc=proc, log=log, interval=0.5)
+            wait_for(
+                lambda: _registered_step(s3, "sweep-runs/secrets-base-") or _any_trial_ckpt(s3),
+                900,
+                "the sweep trial's first checkpoint",
+                proc=proc,
+                log=log,
+                interval=0.5,
+            )
             out["dashboards"].append(_dashboard_dump(log, dash_dir / "sweep.json"))
             out["sweep_rc"] = proc.wait(timeout=900)
         finally:
             kill_session(proc.pid)
         log = out["logs"]["report"] = tmp / "report.log"
-        proc = aimctl("report", "secrets", "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--out",
-                      str(tmp / "report"), cwd=tmp, env=env, log=log)
+        proc = aimctl(
+            "report",
+            "secrets",
+            "--tracking-uri",
+            f"sqlite:///{tmp / 'mlflow.db'}",
+            "--out",
+            str(tmp / "report"),
+            cwd=tmp,
+            env=env,
+            log=log,
+        )
         out["report_rc"] = proc.wait(timeout=300)
 
         # every object the runs wrote to the bucket

@@ -31,8 +31,14 @@ def nan_run(ray_local, demo_data, tmp_path_factory):
     from pipelines.cli import app
 
     tmp = tmp_path_factory.mktemp("nan")
-    exp = experiment(demo_data, tmp, "nan-run", schedule={"steps": 12},
-                     storage={"checkpoint_every": CKPT_EVERY, "keep": 5}, tracking={"log_every": LOG_EVERY})
+    exp = experiment(
+        demo_data,
+        tmp,
+        "nan-run",
+        schedule={"steps": 12},
+        storage={"checkpoint_every": CKPT_EVERY, "keep": 5},
+        tracking={"log_every": LOG_EVERY},
+    )
     path = tmp / "nan.yaml"
     path.write_text(yaml.safe_dump(exp))
     with cli_pretrain_hooks(NanAtStep(NAN_AT)):
@@ -46,8 +52,9 @@ def test_nan_stops_the_run_with_one_clear_line(nan_run):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines, "no error message"
     last = lines[-1]
-    assert last.startswith("error: non-finite loss at step 5; stopped at step 6 without writing a checkpoint; "
-                           "last good checkpoint: step 3"), last
+    assert last.startswith(
+        "error: non-finite loss at step 5; stopped at step 6 without writing a checkpoint; last good checkpoint: step 3"
+    ), last
     assert f"[latest checkpoint: step 3 at {run_dir}/checkpoint_" in last and "rerun to resume" in last
     assert isinstance(result.exception, SystemExit), "the CLI let an exception (a traceback) through"
 
@@ -65,8 +72,9 @@ def test_no_checkpoint_after_the_nan_and_the_last_one_is_clean(nan_run):
 def test_run_marked_failed_and_no_nan_metric_logged(nan_run):
     exp, _, _ = nan_run
     c = tracking.client(exp["tracking"]["uri"])
-    runs = c.search_runs([c.get_experiment_by_name("test").experiment_id],
-                         filter_string="attributes.run_name = 'nan-run'")
+    runs = c.search_runs(
+        [c.get_experiment_by_name("test").experiment_id], filter_string="attributes.run_name = 'nan-run'"
+    )
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     hist = c.get_metric_history(runs[0].info.run_id, "train/loss")
     assert [(m.step, math.isfinite(m.value)) for m in hist] == [(4, True)]

@@ -1,7 +1,8 @@
 """Guarantees checked without a training run: checkpoint loading is weights_only everywhere, the servers the
 project starts bind 127.0.0.1 by default, storage filesystems keep their retry window through pickling and
 never write credentials, half-written checkpoints are never picked, wrapped errors reach the user as
-one line, and production code names no test switch. (The live halves: test_driver_failure_and_secrets.py, test_storage_faults.py.)"""
+one line, and production code names no test switch. (The live halves: test_driver_failure_and_secrets.py,
+test_storage_faults.py.)"""
 
 from __future__ import annotations
 
@@ -28,8 +29,13 @@ def _tracked(*patterns: str) -> list[Path]:
 def _calls(path: Path, module: str, name: str):
     tree = ast.parse(path.read_text(), str(path))
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == name
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == module):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == name
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == module
+        ):
             yield node
 
 
@@ -41,16 +47,23 @@ def test_every_torch_load_is_weights_only():
     files = _tracked("*.py")
     loads = [(p, c) for p in files for c in _calls(p, "torch", "load")]
     assert len(loads) >= 3  # checkpoint.py, target_fit.py, kmeans.py at least
-    bad = [f"{p.relative_to(ROOT)}:{c.lineno}" for p, c in loads
-           if not (isinstance(_kw(c, "weights_only"), ast.Constant) and _kw(c, "weights_only").value is True)]
+    bad = [
+        f"{p.relative_to(ROOT)}:{c.lineno}"
+        for p, c in loads
+        if not (isinstance(_kw(c, "weights_only"), ast.Constant) and _kw(c, "weights_only").value is True)
+    ]
     assert bad == [], f"torch.load without weights_only=True: {bad}"
 
 
 def test_production_code_reads_no_test_switches():
     """Faults are injected with `LoopHooks` passed in by the tests; nothing outside tests/ names a test switch."""
     needles = ("AIM_TEST_", "AIM_UPDATE_GOLDEN", "test_hooks")
-    hits = [f"{p.relative_to(ROOT)}: {n}" for p in _tracked("pipelines/*.py", "aim_core/*.py", "benchmarks/*.py")
-            for n in needles if n in p.read_text()]
+    hits = [
+        f"{p.relative_to(ROOT)}: {n}"
+        for p in _tracked("pipelines/*.py", "aim_core/*.py", "benchmarks/*.py")
+        for n in needles
+        if n in p.read_text()
+    ]
     assert not hits, hits
 
 
@@ -61,8 +74,9 @@ def test_local_servers_bind_loopback_by_default():
             if _kw(call, "address") is not None and not isinstance(_kw(call, "address"), ast.Constant):
                 continue  # connects to an existing cluster
             host, dash = _kw(call, "dashboard_host"), _kw(call, "include_dashboard")
-            ok = (isinstance(host, ast.Constant) and host.value == "127.0.0.1") or \
-                 (isinstance(dash, ast.Constant) and dash.value is False)
+            ok = (isinstance(host, ast.Constant) and host.value == "127.0.0.1") or (
+                isinstance(dash, ast.Constant) and dash.value is False
+            )
             assert ok, f"{path.relative_to(ROOT)}:{call.lineno}: a local Ray dashboard not bound to 127.0.0.1"
     for script in ("infra/mlflow/server.sh", "infra/mlflow/local_server.sh"):
         assert "${MLFLOW_HOST:-127.0.0.1}" in (ROOT / script).read_text(), script
@@ -155,6 +169,8 @@ def test_wrapped_errors_reach_the_user_as_one_line():
         raise RuntimeError("task failed") from annotated
     except RuntimeError as e:
         assert user_error(e) == "pool shard '00001': bad"
-    text_only = RuntimeError("ray::MapBatches(run)\n  File x\npipelines.data.errors.DataError: /p/00001.parquet: "
-                             "no column 'key'\n\nThe above exception was the direct cause of ...")
+    text_only = RuntimeError(
+        "ray::MapBatches(run)\n  File x\npipelines.data.errors.DataError: /p/00001.parquet: "
+        "no column 'key'\n\nThe above exception was the direct cause of ..."
+    )
     assert user_error(text_only) == "/p/00001.parquet: no column 'key'"

@@ -10,7 +10,6 @@ Runs through the real `aimctl pretrain` code (typer's runner, in this process, o
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -40,10 +39,24 @@ def outage_run(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("s3-outage")
     with moto_s3(BUCKET, "rel-faults") as s3, aws_env(s3):
         s3cfg = {"endpoint_url": s3.endpoint, "retry_seconds": RETRY_S}
-        demo = write_demo(f"s3://{BUCKET}/demo", shards=2, per_shard=120, curated_train=300, curated_test=200,
-                          size=32, s3=S3Config(**s3cfg))
-        exp = experiment(demo, tmp, "s3-outage", schedule={"steps": 30}, data={"s3": s3cfg},
-                         storage={"checkpoint_every": 6, "keep": 10}, scaling={"max_failures": 0})
+        demo = write_demo(
+            f"s3://{BUCKET}/demo",
+            shards=2,
+            per_shard=120,
+            curated_train=300,
+            curated_test=200,
+            size=32,
+            s3=S3Config(**s3cfg),
+        )
+        exp = experiment(
+            demo,
+            tmp,
+            "s3-outage",
+            schedule={"steps": 30},
+            data={"s3": s3cfg},
+            storage={"checkpoint_every": 6, "keep": 10},
+            scaling={"max_failures": 0},
+        )
         path = tmp / "exp.yaml"
         path.write_text(yaml.safe_dump(exp))
         run_dir, pid_file = Path(exp["storage"]["path"]) / "s3-outage", tmp / "pids.txt"
@@ -78,11 +91,13 @@ def outage_run(ray_local, tmp_path_factory):
 
 def _history(exp):
     c = tracking.client(exp["tracking"]["uri"])
-    runs = c.search_runs([c.get_experiment_by_name("test").experiment_id],
-                         filter_string="attributes.run_name = 's3-outage'")
+    runs = c.search_runs(
+        [c.get_experiment_by_name("test").experiment_id], filter_string="attributes.run_name = 's3-outage'"
+    )
     assert len(runs) == 1
-    return runs[0], sorted((m.step, m.timestamp / 1000) for m in c.get_metric_history(runs[0].info.run_id,
-                                                                                      "train/loss"))
+    return runs[0], sorted(
+        (m.step, m.timestamp / 1000) for m in c.get_metric_history(runs[0].info.run_id, "train/loss")
+    )
 
 
 def test_restart_within_the_retry_window_the_run_continues(outage_run):

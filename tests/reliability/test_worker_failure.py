@@ -28,9 +28,16 @@ STEPS, EVERY = 24, 6  # 9 batches per data epoch: the kill lands in epoch 0, rec
 
 
 def _config(demo, tmp: Path, name: str):
-    return parse_experiment(experiment(demo, tmp, name, schedule={"steps": STEPS},
-                                       storage={"checkpoint_every": EVERY, "keep": 2},
-                                       scaling={"num_workers": 1, "max_failures": 2}))
+    return parse_experiment(
+        experiment(
+            demo,
+            tmp,
+            name,
+            schedule={"steps": STEPS},
+            storage={"checkpoint_every": EVERY, "keep": 2},
+            scaling={"num_workers": 1, "max_failures": 2},
+        )
+    )
 
 
 def _history(cfg) -> tuple[object, list[tuple[int, float]]]:
@@ -74,8 +81,9 @@ def runs(ray_local, demo_data, tmp_path_factory):
 
     def killer():
         try:
-            wait_for(lambda: _registered(run_dir) and _pids(pid_file), 600, "the first registered checkpoint",
-                     interval=0.05)
+            wait_for(
+                lambda: _registered(run_dir) and _pids(pid_file), 600, "the first registered checkpoint", interval=0.05
+            )
             kill["pid"] = _pids(pid_file)[0][0]
             kill["registered"] = _registered(run_dir)
             os.kill(kill["pid"], signal.SIGKILL)

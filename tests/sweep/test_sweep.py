@@ -20,13 +20,23 @@ pytestmark = pytest.mark.ray
 
 
 def _sweep_file(demo, tmp_path: Path, name: str, steps: int, workers: int = 1) -> Path:
-    base = experiment(demo, tmp_path, "unused", schedule={"steps": steps}, storage={"checkpoint_every": 5},
-                      scaling={"num_workers": workers, "cpus_per_worker": 0.25},
-                      probe={"epochs": 5, "batch_size": 64, "lr": 3e-3})
+    base = experiment(
+        demo,
+        tmp_path,
+        "unused",
+        schedule={"steps": steps},
+        storage={"checkpoint_every": 5},
+        scaling={"num_workers": workers, "cpus_per_worker": 0.25},
+        probe={"epochs": 5, "batch_size": 64, "lr": 3e-3},
+    )
     base.pop("name")
-    spec = {"name": name, "experiment": base, "mode": "one_at_a_time",
-            "axes": {"target": {"norm_pixel": {"target.name": "norm_pixel"}, "pixel": {"target.name": "pixel"}}},
-            "resources": {"cpus_per_trial": 0.25}}
+    spec = {
+        "name": name,
+        "experiment": base,
+        "mode": "one_at_a_time",
+        "axes": {"target": {"norm_pixel": {"target.name": "norm_pixel"}, "pixel": {"target.name": "pixel"}}},
+        "resources": {"cpus_per_trial": 0.25},
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -52,12 +62,18 @@ def test_planning_dedups_on_the_resolved_config(demo_data, tmp_path):
     """`head: mlp` on a preset whose head is already mlp, or the same config reached from two axes, runs once."""
     path = _sweep_file(demo_data, tmp_path, "dups", 4)
     spec = yaml.safe_load(path.read_text())
-    spec["axes"] = {"head": {"mlp": {"model.head": "mlp"}, "none": {"model.head": "none"}},
-                    "shape": {"narrow": {"model.head": "none"}}}
+    spec["axes"] = {
+        "head": {"mlp": {"model.head": "mlp"}, "none": {"model.head": "none"}},
+        "shape": {"narrow": {"model.head": "none"}},
+    }
     path.write_text(yaml.safe_dump(spec))
     _, trials = load_sweep(path)
     assert {t.trial_id: t.duplicate_of for t in trials} == {
-        "base": None, "head=mlp": "base", "head=none": None, "shape=narrow": "head=none"}
+        "base": None,
+        "head=mlp": "base",
+        "head=none": None,
+        "shape=narrow": "head=none",
+    }
 
 
 def test_two_trial_sweep_end_to_end(ray_local, demo_data, tmp_path):
@@ -106,8 +122,9 @@ def test_killed_sweep_resumes_without_duplicate_runs(ray_local, demo_data, tmp_p
     assert any(runs.glob("killed-*/checkpoint_*/meta.json")), "no trial checkpoint appeared"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    second = _aimctl("sweep", str(path), "--resume", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                     text=True)
+    second = _aimctl(
+        "sweep", str(path), "--resume", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out[-3000:]
     _, kids = _children(uri, "killed")

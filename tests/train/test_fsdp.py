@@ -21,7 +21,6 @@ DEMO = type("D", (), {"pool_uri": "/p", "curated_uri": "/c"})  # a config that i
 def _tiny(seed: int):
     """aim-test with its optimizer and scheduler, initialised from `seed`."""
     from aim_core import AIM
-    from pipelines.train.optim import build_optimizer, build_scheduler
 
     cfg = parse_experiment(experiment(DEMO, Path("/tmp"), "x", scaling={"num_workers": 2}))
     torch.manual_seed(seed)
@@ -84,8 +83,12 @@ def test_sharded_checkpoint_reads_as_full_state_on_cpu(sharded_ckpt):
     from pipelines.train.checkpoint import checkpoint_complete, load_state, read_meta
 
     meta = read_meta(sharded_ckpt / "merged")
-    assert {k: meta[k] for k in ("step", "format", "strategy", "world_size")} == \
-        {"step": 1, "format": "sharded", "strategy": "fsdp", "world_size": 2}
+    assert {k: meta[k] for k in ("step", "format", "strategy", "world_size")} == {
+        "step": 1,
+        "format": "sharded",
+        "strategy": "fsdp",
+        "world_size": 2,
+    }
     assert meta["files"] == ["dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp", "state.pt"]
     assert read_meta(sharded_ckpt / "full0")["format"] == "full" and not (sharded_ckpt / "full1").exists()
     got, want = load_state(sharded_ckpt / "merged"), load_state(sharded_ckpt / "full0")  # no process group here
@@ -129,8 +132,9 @@ def test_sharded_checkpoint_resumes_single_process_ddp(sharded_ckpt):
 
     model, cfg = _tiny(1)
     optimizer = build_optimizer(model, cfg.optim)
-    state = restore_checkpoint(sharded_ckpt / "merged", model, optimizer, build_scheduler(optimizer, cfg.schedule),
-                               "ddp")
+    state = restore_checkpoint(
+        sharded_ckpt / "merged", model, optimizer, build_scheduler(optimizer, cfg.schedule), "ddp"
+    )
     full = load_state(sharded_ckpt / "full0")
     assert state.step == 1
     assert all(torch.equal(model.state_dict()[k], v) for k, v in full["model"].items())
@@ -174,15 +178,20 @@ def _losses(cfg) -> dict[int, float]:
     from pipelines import tracking
 
     c = tracking.client(tracking.resolve_tracking_uri(cfg.tracking.uri))
-    runs = c.search_runs([c.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
-                         filter_string=f"attributes.run_name = '{cfg.name}'")
+    runs = c.search_runs(
+        [c.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
+        filter_string=f"attributes.run_name = '{cfg.name}'",
+    )
     assert len(runs) == 1
     return {m.step: m.value for m in c.get_metric_history(runs[0].info.run_id, "train/loss")}
 
 
 def _cfg(demo, tmp, name: str, strategy: str):
-    return parse_experiment(experiment(demo, tmp, name, scaling={**SCALING, "strategy": strategy},
-                                       storage={"checkpoint_every": 6, "sharded": True}))
+    return parse_experiment(
+        experiment(
+            demo, tmp, name, scaling={**SCALING, "strategy": strategy}, storage={"checkpoint_every": 6, "sharded": True}
+        )
+    )
 
 
 @pytest.fixture(scope="module")

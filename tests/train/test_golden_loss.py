@@ -27,12 +27,16 @@ GOLDEN = Path(__file__).resolve().parents[1] / "assets" / "golden_loss.json"
 UPDATE_ENV = "AIM_UPDATE_GOLDEN"
 STEPS = 16
 TOLERANCE = 1e-5  # absolute; measured: repeated runs (same and fresh process) are bit-identical on CPU
-MEASURED = ("2026-12-01, torch 2.14.1, 2 CPU cores: 3 runs in one process and 2 in fresh processes gave "
-            "bit-identical losses (max |diff| 0.0); 1e-5 leaves room for other CPUs/BLAS builds")
-OVERRIDES = {"schedule": {"steps": STEPS},
-             "scaling": {"num_workers": 0, "threads_per_worker": 1},
-             "storage": {"checkpoint_every": STEPS},
-             "tracking": {"log_every": 1}}
+MEASURED = (
+    "2026-12-01, torch 2.14.1, 2 CPU cores: 3 runs in one process and 2 in fresh processes gave "
+    "bit-identical losses (max |diff| 0.0); 1e-5 leaves room for other CPUs/BLAS builds"
+)
+OVERRIDES = {
+    "schedule": {"steps": STEPS},
+    "scaling": {"num_workers": 0, "threads_per_worker": 1},
+    "storage": {"checkpoint_every": STEPS},
+    "tracking": {"log_every": 1},
+}
 LOCAL_KEYS = ("uri", "path")  # tmp paths: left out of the recorded config
 
 
@@ -57,8 +61,10 @@ def golden_losses(demo, tmp: Path, name: str = "golden") -> tuple[dict, list[flo
     finally:
         torch.set_num_threads(threads)
     c = tracking.client(cfg.tracking.uri)
-    runs = c.search_runs([c.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
-                         filter_string=f"attributes.run_name = '{name}'")
+    runs = c.search_runs(
+        [c.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
+        filter_string=f"attributes.run_name = '{name}'",
+    )
     hist = sorted((m.step, m.value) for m in c.get_metric_history(runs[0].info.run_id, "train/loss"))
     assert [s for s, _ in hist] == list(range(1, STEPS + 1)), f"logged steps: {[s for s, _ in hist]}"
     return _portable(exp), [v for _, v in hist]
@@ -77,11 +83,22 @@ def first_difference(expected: list[float], actual: list[float], tol: float) -> 
 def _write_golden(config: dict, losses: list[float]) -> None:
     import torch
 
-    GOLDEN.write_text(json.dumps({
-        "about": "golden train/loss curve of tests/train/test_golden_loss.py (CPU, fixed seeds, in-process)",
-        "regenerate": f"{UPDATE_ENV}=1 python -m pytest tests/train/test_golden_loss.py, then commit this file",
-        "config": config, "config_base": "tests/conftest.py experiment() + OVERRIDES of the test",
-        "tolerance_abs": TOLERANCE, "reproducibility": MEASURED, "torch": torch.__version__, "losses": losses}, indent=2) + "\n")
+    GOLDEN.write_text(
+        json.dumps(
+            {
+                "about": "golden train/loss curve of tests/train/test_golden_loss.py (CPU, fixed seeds, in-process)",
+                "regenerate": f"{UPDATE_ENV}=1 python -m pytest tests/train/test_golden_loss.py, then commit this file",
+                "config": config,
+                "config_base": "tests/conftest.py experiment() + OVERRIDES of the test",
+                "tolerance_abs": TOLERANCE,
+                "reproducibility": MEASURED,
+                "torch": torch.__version__,
+                "losses": losses,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def test_first_difference_names_the_step():
@@ -98,8 +115,10 @@ def test_golden_loss_curve(ray_local, demo_data, tmp_path):
         pytest.skip(f"{UPDATE_ENV} set: wrote {GOLDEN}")
     assert GOLDEN.is_file(), f"no golden curve at {GOLDEN}; create it with {UPDATE_ENV}=1"
     golden = json.loads(GOLDEN.read_text())
-    assert config == golden["config"], ("the golden run's config changed (tests/conftest.py experiment() or "
-                                        f"OVERRIDES); if intended, regenerate with {UPDATE_ENV}=1")
+    assert config == golden["config"], (
+        "the golden run's config changed (tests/conftest.py experiment() or "
+        f"OVERRIDES); if intended, regenerate with {UPDATE_ENV}=1"
+    )
     assert golden["tolerance_abs"] == TOLERANCE
     diff = first_difference(golden["losses"], losses, TOLERANCE)
     assert diff is None, f"loss curve differs from {GOLDEN.name} at {diff}; if intended, regenerate with {UPDATE_ENV}=1"

@@ -67,8 +67,17 @@ def test_import_export_round_trip(tmp_path, published, suffix):
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["meta.json", "state.pt"]
     assert json.loads((tmp_path / "ckpt" / "meta.json").read_text())["preset"] == "aim-test"
     back, head_back = tmp_path / f"back{suffix}", tmp_path / f"head_back{suffix}"
-    code, out, err = _cli("model", "export", str(tmp_path / "ckpt"), "--format", "ml-aim", "--out", str(back),
-                          "--head-out", str(head_back))
+    code, out, err = _cli(
+        "model",
+        "export",
+        str(tmp_path / "ckpt"),
+        "--format",
+        "ml-aim",
+        "--out",
+        str(back),
+        "--head-out",
+        str(head_back),
+    )
     assert code == 0, err
     assert "no place in Apple's layout" in out
     for original, path in ((backbone, back), (head, head_back)):
@@ -92,25 +101,36 @@ def test_import_errors_are_one_line(tmp_path, published):
     _, backbone, head = published
     src = _save(backbone, tmp_path / "b.pth")
     out = str(tmp_path / "ckpt")
-    _one_line_error(*_cli("model", "import", str(src), "--out", out, "--preset", "aim-tiny")[::2],
-                    "preset aim-tiny does not fit", "width 192 (weights: 32)")
+    _one_line_error(
+        *_cli("model", "import", str(src), "--out", out, "--preset", "aim-tiny")[::2],
+        "preset aim-tiny does not fit",
+        "width 192 (weights: 32)",
+    )
     wide = {k: v for k, v in backbone.items() if not k.startswith("trunk.blocks.1.")}
-    _one_line_error(*_cli("model", "import", str(_save(wide, tmp_path / "d1.pth")), "--out", out)[::2],
-                    "no preset", "depth 1")
+    _one_line_error(
+        *_cli("model", "import", str(_save(wide, tmp_path / "d1.pth")), "--out", out)[::2], "no preset", "depth 1"
+    )
     _one_line_error(*_cli("model", "import", str(tmp_path / "none.pth"), "--out", out)[::2], "none.pth: no such file")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     _one_line_error(*_cli("model", "import", str(tmp_path / "junk.pth"), "--out", out)[::2], "not a torch state dict")
     bad_head = {**head, "head.k.weight": torch.zeros(16, 32)}
-    _one_line_error(*_cli("model", "import", str(src), "--out", out, "--head",
-                          str(_save(bad_head, tmp_path / "h.pth")))[::2], "head.k.weight has shape (16, 32)")
+    _one_line_error(
+        *_cli("model", "import", str(src), "--out", out, "--head", str(_save(bad_head, tmp_path / "h.pth")))[::2],
+        "head.k.weight has shape (16, 32)",
+    )
     _one_line_error(*_cli("model", "export", str(tmp_path), "--out", str(tmp_path / "x.pth"))[::2], "no state.pt")
     _one_line_error(*_cli("model", "export", str(tmp_path), "--format", "timm", "--out", "x.pth")[::2], "only ml-aim")
     assert not (tmp_path / "ckpt").exists()
 
 
 def _experiment(**model) -> ExperimentConfig:
-    return ExperimentConfig.model_validate({"name": "imported", "model": {"preset": "aim-test", **model},
-                                            "data": {"pool": {"uri": "/unused"}, "curated": {"uri": "/unused"}}})
+    return ExperimentConfig.model_validate(
+        {
+            "name": "imported",
+            "model": {"preset": "aim-test", **model},
+            "data": {"pool": {"uri": "/unused"}, "curated": {"uri": "/unused"}},
+        }
+    )
 
 
 def test_probe_loads_an_imported_checkpoint(tmp_path, published):
@@ -137,16 +157,23 @@ def test_aimctl_probe_on_an_imported_checkpoint(tmp_path, published, demo_data):
 
     _, backbone, _ = published
     assert _cli("model", "import", str(_save(backbone, tmp_path / "b.pth")), "--out", str(tmp_path / "ckpt"))[0] == 0
-    exp = experiment(demo_data, tmp_path, "imported", tracking={"enabled": False},
-                     probe={"epochs": 2, "train_limit": 64, "test_limit": 32})
+    exp = experiment(
+        demo_data,
+        tmp_path,
+        "imported",
+        tracking={"enabled": False},
+        probe={"epochs": 2, "train_limit": 64, "test_limit": 32},
+    )
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
     code, out, err = _cli("probe", str(tmp_path / "exp.yaml"), "--checkpoint", str(tmp_path / "ckpt"))
     assert code == 0, err
     assert "pretrained trunk" in out + err and "64 train / 32 test" in out + err
     exp["model"]["depth"] = 3
     (tmp_path / "exp3.yaml").write_text(yaml.safe_dump(exp))
-    _one_line_error(*_cli("probe", str(tmp_path / "exp3.yaml"), "--checkpoint", str(tmp_path / "ckpt"))[::2],
-                    "depth 3 (checkpoint: 2)")
+    _one_line_error(
+        *_cli("probe", str(tmp_path / "exp3.yaml"), "--checkpoint", str(tmp_path / "ckpt"))[::2],
+        "depth 3 (checkpoint: 2)",
+    )
 
 
 def test_a_trained_checkpoint_that_does_not_fit_is_named_in_one_line(tmp_path, published):
@@ -157,5 +184,7 @@ def test_a_trained_checkpoint_that_does_not_fit_is_named_in_one_line(tmp_path, p
     model, _, _ = published
     save_state(tmp_path / "ckpt", model.state_dict(), {}, {}, TrainState(step=3))
     assert load_trunk(_experiment(), str(tmp_path / "ckpt"))[0].config.width == 32  # a fitting one loads as before
-    with pytest.raises(CheckpointError, match=r"does not fit the experiment's model: .* has shape \(32, .*expected \(64"):
+    with pytest.raises(
+        CheckpointError, match=r"does not fit the experiment's model: .* has shape \(32, .*expected \(64"
+    ):
         load_trunk(_experiment(width=64), str(tmp_path / "ckpt"))

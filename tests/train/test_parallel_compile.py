@@ -1,4 +1,5 @@
-"""`scaling.compile`: every repeated block is compiled (trunk and head), and the compiled model computes the same loss."""
+"""`scaling.compile`: every repeated block is compiled (trunk and head), and the compiled model computes the same
+loss."""
 
 from __future__ import annotations
 

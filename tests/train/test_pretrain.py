@@ -16,8 +16,10 @@ pytestmark = pytest.mark.ray
 
 def _history(cfg, key="train/loss"):
     c = tracking.client(tracking.resolve_tracking_uri(cfg.tracking.uri))
-    runs = c.search_runs([c.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
-                         filter_string=f"attributes.run_name = '{cfg.name}'")
+    runs = c.search_runs(
+        [c.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
+        filter_string=f"attributes.run_name = '{cfg.name}'",
+    )
     assert len(runs) == 1, f"expected exactly one MLflow run for {cfg.name}, got {len(runs)}"
     return runs[0], {m.step: m.value for m in c.get_metric_history(runs[0].info.run_id, key)}, c
 
@@ -27,9 +29,17 @@ def ddp_run(ray_local, demo_data, tmp_path_factory):
     from pipelines.train.driver import pretrain
 
     tmp = tmp_path_factory.mktemp("ddp")
-    cfg = parse_experiment(experiment(demo_data, tmp, "ddp", scaling={"num_workers": 2, "cpus_per_worker": 0.5},
-                                      schedule={"steps": 16}, optim={"batch_size": 32},
-                                      probe={"epochs": 60, "batch_size": 32}))
+    cfg = parse_experiment(
+        experiment(
+            demo_data,
+            tmp,
+            "ddp",
+            scaling={"num_workers": 2, "cpus_per_worker": 0.5},
+            schedule={"steps": 16},
+            optim={"batch_size": 32},
+            probe={"epochs": 60, "batch_size": 32},
+        )
+    )
     return cfg, pretrain(cfg, show_progress=False)
 
 
@@ -103,8 +113,15 @@ def test_in_process_run_matches_worker_run_resumes_and_keeps_newest(ray_local, d
         scaling = {"threads_per_worker": 1}
         worker = parse_experiment(experiment(demo_data, tmp_path, "worker", scaling=scaling))
         pretrain(worker, show_progress=False)
-        local = parse_experiment(experiment(demo_data, tmp_path, "inproc", scaling={**scaling, "num_workers": 0},
-                                            storage={"checkpoint_every": 2, "keep": 2}))
+        local = parse_experiment(
+            experiment(
+                demo_data,
+                tmp_path,
+                "inproc",
+                scaling={**scaling, "num_workers": 0},
+                storage={"checkpoint_every": 2, "keep": 2},
+            )
+        )
         first = pretrain(local, stop_after=4, show_progress=False)
         assert first.step == 4 and first.resumed_from == 0
         second = pretrain(local, show_progress=False)
@@ -139,8 +156,12 @@ def test_two_worker_resume_matches_uninterrupted_and_reads_from_its_position(ddp
 
     straight, _ = ddp_run
     cfg = straight.model_copy(update={"name": "ddp-resumed"})
-    cfg = parse_experiment({**cfg.model_dump(mode="json"), "storage": {**cfg.storage.model_dump(mode="json"),
-                                                                       "path": str(tmp_path / "runs")}})
+    cfg = parse_experiment(
+        {
+            **cfg.model_dump(mode="json"),
+            "storage": {**cfg.storage.model_dump(mode="json"), "path": str(tmp_path / "runs")},
+        }
+    )
     assert pretrain(cfg, stop_after=6, show_progress=False).step == 6
     second = pretrain(cfg, show_progress=False)
     assert second.resumed_from == 6 and second.step == 16
@@ -162,13 +183,18 @@ def test_resume_with_fewer_workers_continues_and_changed_settings_are_refused(dd
     from pipelines.train.loop import TrainingError
 
     straight, _ = ddp_run
-    base = {**straight.model_dump(mode="json"), "name": "shrunk",
-            "storage": {**straight.storage.model_dump(mode="json"), "path": str(tmp_path / "runs")}}
+    base = {
+        **straight.model_dump(mode="json"),
+        "name": "shrunk",
+        "storage": {**straight.storage.model_dump(mode="json"), "path": str(tmp_path / "runs")},
+    }
     cfg = parse_experiment(base)
     pretrain(cfg, stop_after=6, show_progress=False)
-    for key, value, expect in (("optim", {"batch_size": 16}, "optim.batch_size was 32, is 16"),
-                               ("seed", 5, "seed was 0, is 5"),
-                               ("data", {"mix": {"pool_probability": 0.5}}, "the data section changed")):
+    for key, value, expect in (
+        ("optim", {"batch_size": 16}, "optim.batch_size was 32, is 16"),
+        ("seed", 5, "seed was 0, is 5"),
+        ("data", {"mix": {"pool_probability": 0.5}}, "the data section changed"),
+    ):
         section = {**base[key], **value} if isinstance(value, dict) and key != "data" else value
         if key == "data":
             section = {**base["data"], "mix": {**base["data"]["mix"], **value["mix"]}}

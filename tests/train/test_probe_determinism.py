@@ -18,9 +18,15 @@ def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_probes_ignore_the_global_random_state():
-    cfg = ExperimentConfig.model_validate({"name": "p", "seed": 3, "model": {"preset": "aim-test", "img_size": 16},
-                                           "probe": {"epochs": 3, "batch_size": 16},
-                                           "data": {"pool": {"uri": "/unused"}, "curated": {"uri": "/unused"}}})
+    cfg = ExperimentConfig.model_validate(
+        {
+            "name": "p",
+            "seed": 3,
+            "model": {"preset": "aim-test", "img_size": 16},
+            "probe": {"epochs": 3, "batch_size": 16},
+            "data": {"pool": {"uri": "/unused"}, "curated": {"uri": "/unused"}},
+        }
+    )
     torch.manual_seed(0)
     model = aim_core.build_model("aim-test", img_size=16)
     train, test = _data(96, 1), _data(48, 2)
@@ -37,7 +43,9 @@ def test_probe_init_follows_the_seed_and_leaves_the_global_state_alone():
     from pipelines.probe import _seeded
 
     def init(seed: int) -> torch.Tensor:
-        return torch.cat([p.detach().flatten() for p in _seeded(lambda: aim_core.AttentiveProbe(32, 4, 2), seed).parameters()])
+        return torch.cat(
+            [p.detach().flatten() for p in _seeded(lambda: aim_core.AttentiveProbe(32, 4, 2), seed).parameters()]
+        )
 
     torch.manual_seed(7)
     expected_next = torch.rand(3)
