@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.data.config import DataConfig
+from pipelines.data.config import DataConfig, storage_uri
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_experiment", "apply_overrides", "flatten", "Strict"]
 
@@ -124,6 +124,7 @@ class ScalingSection(Strict):
 
 class StorageSection(Strict):
     path: str = Field("runs", description="local directory or s3://bucket/prefix for checkpoints")
+    _path = field_validator("path")(storage_uri)
     checkpoint_every: int = Field(100, gt=0)
     keep: int = Field(2, gt=0)
     sharded: Literal["auto"] | bool = Field(
@@ -147,6 +148,16 @@ class TrackingSection(Strict):
     experiment: str = "aim"
     log_every: int = Field(10, gt=0)
     enabled: bool = True
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        schemes = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+        if v is not None and v.partition(":")[0].split("+")[0] not in schemes:
+            raise ValueError(
+                f"{v!r}: MLflow needs one of {', '.join(s + ':' for s in schemes)} (e.g. sqlite:///mlflow.db)"
+            )
+        return v
 
 
 class ProbeSection(Strict):
@@ -191,6 +202,10 @@ class ExperimentConfig(Strict):
         except ValueError as e:  # resolve_config names the field first: "num_heads: ..."
             field, _, msg = str(e).partition(": ")
             raise ValueError(f"model.{field}: {msg}") from None
+        depth = self.aim_config().depth
+        bad = [b for b in self.probe.blocks or [] if not -depth <= b < depth]
+        if bad:
+            raise ValueError(f"probe.blocks: {bad} out of range for the model's depth {depth} (0..{depth - 1})")
         workers = self.scaling.num_workers
         if workers == 0 and self.scaling.strategy == "fsdp":
             raise ValueError(
@@ -246,7 +261,7 @@ def _format_error(source: str, err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling)"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    if re.match(r"(model|optim|scaling)\.[a-z_]+: ", msg):  # a cross-field check names its field first
+    if re.match(r"(model|optim|scaling|probe)\.[a-z_]+: ", msg):  # a cross-field check names its field first
         loc, _, msg = msg.partition(": ")
     return f"{source}: {loc}: {msg}{more}"
 

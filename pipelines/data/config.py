@@ -39,6 +39,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def storage_uri(v: str) -> str:
+    """A local path or s3://bucket[/prefix]: any other scheme, or s3:// without a bucket, is refused here, at
+    load time, instead of failing inside pyarrow once the run has started."""
+    if "://" not in v:
+        return v
+    scheme, _, rest = v.partition("://")
+    if scheme != "s3":
+        raise ValueError(f"{v!r}: use a local directory or s3://bucket/prefix (scheme {scheme!r} is not supported)")
+    if not rest.split("/", 1)[0]:
+        raise ValueError(f"{v!r}: an s3:// URI needs a bucket (s3://bucket/prefix)")
+    return v
+
+
 class S3Config(_Strict):
     """S3-compatible endpoint. Unset fields fall back to AWS_ENDPOINT_URL / AWS_REGION in the environment."""
 
@@ -64,6 +77,7 @@ class PoolConfig(_Strict):
     """The image-text pool: WebDataset shards NAME.tar with one metadata NAME.parquet each."""
 
     uri: str = Field(..., min_length=1, description="local directory or s3://bucket/prefix")
+    _uri = field_validator("uri")(storage_uri)
     score_column: str = Field("dfn_score", min_length=1, description="metadata column ranked by the filter")
     threshold: float | None = Field(None, description="keep rows with score >= threshold (overrides top_fraction)")
     top_fraction: float = Field(0.15, gt=0, le=1, description="keep the top fraction by a global quantile")
@@ -80,6 +94,7 @@ class CuratedConfig(_Strict):
     """The curated labelled set (ImageNet's role): Parquet (image bytes + label) or WebDataset shards."""
 
     uri: str = Field(..., min_length=1, description="local directory or s3://bucket/prefix")
+    _uri = field_validator("uri")(storage_uri)
     format: Literal["parquet", "wds"] = "parquet"
     split: str | None = Field("train", description="files named *_SPLIT-*, else rows whose `split` column matches")
     image_column: str = Field("image", min_length=1, description="Parquet column, or WebDataset extension (jpg)")

@@ -115,6 +115,10 @@ MORE_CASES = [  # the same CLI code in this process (typer's runner): cheap brea
     ("sweep-unknown-mode", "sweep", sweep(mode="random"), [], "mode"),
     ("sweep-missing-base-file", "sweep", sweep(base="nope.yaml", experiment=...), [], "base: no such experiment file"),
     ("sweep-bad-yaml", "sweep", "name: [x\n", [], "not valid YAML"),
+    ("s3-without-bucket", "pretrain", exp(), ["--set", "storage.path=s3://"], "storage.path: 's3://': an s3:// URI"),
+    ("pool-unknown-scheme", "pretrain", exp(data__pool__uri="gs://b/pool"), [], "data.pool.uri: 'gs://b/pool'"),
+    ("tracking-unknown-scheme", "pretrain", exp(), ["--set", "tracking.uri=ftp://x"], "tracking.uri: 'ftp://x'"),
+    ("probe-block-beyond-depth", "pretrain", exp(), ["--set", "probe.blocks=[99]"], "probe.blocks: [99] out of range"),
 ]
 
 
