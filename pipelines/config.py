@@ -163,6 +163,10 @@ class TrackingSection(Strict):
 class ProbeSection(Strict):
     enabled: bool = Field(True, description="probe each trial after pre-training in a sweep (aimctl probe always runs)")
     data: str | None = Field(None, description="labelled Parquet (train/test splits); default data.curated.uri")
+    train_split: str = Field("train", min_length=1, description="files *_SPLIT-*, else rows whose `split` matches")
+    test_split: str = Field(
+        "test", min_length=1, description="held-out split: `test`, `val` (ImageNet) or `validation` (Hugging Face)"
+    )
     blocks: list[int] | None = Field(None, description="trunk blocks averaged for features; default last 6")
     epochs: int = Field(20, gt=0)
     lr: float = Field(1e-3, gt=0)

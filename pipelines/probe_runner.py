@@ -56,8 +56,8 @@ def probe_checkpoint(
     src = cfg.probe.data or cfg.data.curated.uri
     img = model.config.img_size
     # s3: the experiment's endpoint/region (a bare URI alone would fall back to AWS_ENDPOINT_URL or AWS itself)
-    train = load_labelled(src, "train", img, limit=cfg.probe.train_limit, s3=cfg.data.s3)
-    test = load_labelled(src, "test", img, limit=cfg.probe.test_limit, s3=cfg.data.s3)
+    train = load_labelled(src, cfg.probe.train_split, img, limit=cfg.probe.train_limit, s3=cfg.data.s3)
+    test = load_labelled(src, cfg.probe.test_split, img, limit=cfg.probe.test_limit, s3=cfg.data.s3)
     with Progress() as bar:
         task = bar.add_task("probe features", total=len(train[1]) + len(test[1]))
         res = run_probes(cfg, model, train, test, progress=lambda n: bar.advance(task, n))
