@@ -121,14 +121,6 @@ class StreamPlan:
         """One past each task's last sample id (slot), in task order."""
         return [t["epoch"] * SLOTS_PER_EPOCH + t["slot_stop"] for t in self.tasks]
 
-    def rows(self, items: list[tuple[int, int]]) -> int:
-        """Slots planned in `items` ((task index, after) pairs), an upper bound on the rows they give."""
-        stops = self.task_stops
-        return sum(
-            stops[t] - max(self.tasks[t]["epoch"] * SLOTS_PER_EPOCH + self.tasks[t]["slot_start"], a + 1)
-            for t, a in items
-        )
-
     def dataset(self, items: list[tuple[int, int]] | None = None, share: int = 1):
         """A `ray.data.Dataset` (columns `image`, `slot`) over `items` in order (default: every task),
         with 1/`share` of the configured read/decode concurrency (`share` workers read at once)."""

@@ -241,17 +241,15 @@ def quiet_data() -> None:
 
 
 def _plan(cfg: ExperimentConfig):
-    """The run's read plan, (tracker, slots of one data epoch). It chains every data epoch the schedule
-    reaches, each with its own order and crops, with room for every worker's share and shuffle window."""
+    """The run's read plan and the slots of one data epoch. It chains every data epoch the schedule reaches,
+    each with its own order and crops, with room for every worker's share and shuffle window."""
     from pipelines.data.pipeline import plan_stream
 
     world = max(cfg.scaling.num_workers, 1)
     window = cfg.scaling.shuffle_buffer or cfg.optim.batch_size // world
     need = cfg.schedule.steps * cfg.optim.batch_size + 2 * world * window
-    plan, _, _, plans, tracker = plan_stream(
-        cfg.data, cfg.aim_config().img_size, cfg.seed, min_samples=need, world=world
-    )
-    return plan, (tracker, plans[0].n_slots)
+    plan, _, _, plans, _ = plan_stream(cfg.data, cfg.aim_config().img_size, cfg.seed, min_samples=need, world=world)
+    return plan, plans[0].n_slots
 
 
 def pretrain(
@@ -278,9 +276,9 @@ def pretrain(
         raise TrainingError(why)
     resumed_from = int(meta.get("step", 0))
     uri, run_id, logged = _open_run(cfg, parent_run_id, extra_tags or {})
-    plan, quality = _plan(cfg)
+    plan, epoch_slots = _plan(cfg)
     target_state = None if ckpt else _fit_target(cfg, plan)
-    extra = {"epoch_samples": quality[1]}
+    extra = {"epoch_samples": epoch_slots}
     if cfg.scaling.num_workers == 0:  # in-process: the loop resumes and persists its checkpoints itself
         extra.update(local=True, resume_from=ckpt)
     args = LoopArgs(
@@ -319,7 +317,7 @@ def pretrain(
     else:
         ckpt_path = result.checkpoint.path if result.checkpoint else None
         step = int((result.metrics or {}).get("step", resumed_from))
-    quality = quality[0].summary()
+    quality = plan.ctx.tracker.summary()
     if run_id:
         _log_skipped(uri, run_id, quality, step)
     if run_id and ckpt_path:

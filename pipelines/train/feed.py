@@ -11,7 +11,6 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from pipelines.config import ExperimentConfig
@@ -114,10 +113,5 @@ def open_feed(
     window = cfg.scaling.shuffle_buffer or per_worker
     key = (cfg.seed, position.deal.origin_step, world, rank)
     consumed = (step - position.deal.origin_step) * per_worker
-    stream = WorkerStream(_columns(blocks), window, shuffle, key, position.after[rank], consumed)
+    stream = WorkerStream(blocks, window, shuffle, key, position.after[rank], consumed)
     return Feed(stream, position, cfg, per_worker, device)
-
-
-def _columns(blocks) -> Iterator[dict]:
-    for b in blocks:
-        yield {"image": b["image"], "slot": np.asarray(b["slot"], dtype=np.int64)}
