@@ -107,6 +107,21 @@ class ScalingSection(Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0)
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each training worker also needs, e.g. {spot_gpu: 1} to keep workers on "
+        "the node types that advertise it (CPU and GPU come from cpus_per_worker / gpus_per_worker)",
+    )
+
+    @field_validator("worker_resources")
+    @classmethod
+    def _custom_only(cls, v: dict[str, float]) -> dict[str, float]:
+        if clash := sorted({"CPU", "GPU", "memory"} & set(v)):
+            raise ValueError(f"{', '.join(clash)} come from cpus_per_worker / gpus_per_worker, not worker_resources")
+        if bad := sorted(k for k, x in v.items() if x <= 0):
+            raise ValueError(f"amounts must be > 0 (got {', '.join(f'{k}: {v[k]}' for k in bad)})")
+        return v
+
     strategy: Literal["ddp", "fsdp", "auto"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False

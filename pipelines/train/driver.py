@@ -150,7 +150,7 @@ def _trainer(cfg: ExperimentConfig, args: LoopArgs, callbacks: list | None = Non
 
     fs, root = _storage(cfg)
     s = cfg.scaling
-    resources = {"CPU": s.cpus_per_worker}
+    resources = {"CPU": s.cpus_per_worker, **s.worker_resources}
     if s.use_gpu:
         resources["GPU"] = s.gpus_per_worker
     if s.num_workers == 0:  # Ray Train local mode: the loop runs in this process; no worker group, no retries

@@ -90,8 +90,12 @@ class _Logger:
             skip = max(args.skip_log_until, last_logged_step(c, args.run_id))
             self.logger = MetricLogger(c, args.run_id, skip)
 
+        self.once: dict[str, float] = {}  # the attempt's own numbers: sent with the first step not skipped
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.logger is not None:
+            if self.once and step > self.logger.skip_until:
+                metrics, self.once = {**metrics, **self.once}, {}
             self.logger.log(metrics, step)
             self.logger.flush()
 
@@ -138,7 +142,7 @@ def _run(cfg, args, model, forward, optimizer, scheduler, feed, state, device, s
     log = _Logger(args, rank)
     flops = model.flops_per_image()["train"]
     peak = _peak_flops(device)
-    last_ckpt = state.step  # the checkpoint this attempt started from (0: none)
+    last_ckpt = resumed_from = state.step  # the checkpoint this attempt started from (0: none)
     loss_sum = torch.zeros((), device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)
     first_bad = torch.zeros((), dtype=torch.int64, device=device)  # first step with a non-finite loss here
@@ -183,8 +187,10 @@ def _run(cfg, args, model, forward, optimizer, scheduler, feed, state, device, s
             }
             if peak:
                 metrics["train/mfu"] = flops * ips / (peak * world)
-            if first_log:  # rows decoded and dropped to rebuild a resumed shuffle window (rank 0's)
-                metrics["data/resume_discarded_rows"], first_log = feed.stream.discarded, False
+            if first_log:  # where this attempt started, and the rows it decoded and dropped to rebuild a resumed
+                # shuffle window (rank 0's); logged with the first step the run's history does not hold yet
+                log.once = {"train/resumed_from": resumed_from, "data/resume_discarded_rows": feed.stream.discarded}
+                first_log = False
             log.log(metrics, state.step)
             loss_sum.zero_()
             n_since, t0 = 0, time.perf_counter()
