@@ -23,11 +23,19 @@ def session_pids(sid: int) -> list[int]:
     for d in Path("/proc").iterdir():
         if d.name.isdigit() and int(d.name) != os.getpid():
             try:
-                if os.getsid(int(d.name)) == sid:
+                if os.getsid(int(d.name)) == sid and not _zombie(d):
                     pids.append(int(d.name))
             except (ProcessLookupError, PermissionError):
                 pass
     return pids
+
+
+def _zombie(proc_dir: Path) -> bool:
+    """Exited, not yet reaped by its parent (a zombie holds no resources; its parent will reap it)."""
+    try:
+        return (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def kill_session(sid: int) -> int:
