@@ -56,7 +56,7 @@ def _up(url: str) -> bool:
 def _serve(cmd: list[str], log: Path, health: str, what: str, env: dict | None = None) -> int:
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
-        wait_for(lambda: proc.poll() is not None or _up(health), 90, what)
+        wait_for(lambda: proc.poll() is not None or _up(health), 180, what)
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
     except BaseException:

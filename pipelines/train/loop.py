@@ -89,6 +89,8 @@ class _Logger:
             # failed attempt already logged are skipped, so the history never holds a step twice.
             skip = max(args.skip_log_until, last_logged_step(c, args.run_id))
             self.logger = MetricLogger(c, args.run_id, skip)
+            # where this attempt's rank 0 runs (a node id), to find the node of a failed attempt in Ray's logs
+            c.set_tag(args.run_id, "ray.rank0_node", ray.get_runtime_context().get_node_id())
 
         self.once: dict[str, float] = {}  # the attempt's own numbers: sent with the first step not skipped
 

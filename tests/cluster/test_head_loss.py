@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from cluster_helpers import aimctl, driver_env, experiment, finish, history
 
 from infra.rehearse.cluster import LocalCluster
 from infra.rehearse.procs import kill_session, wait_for
+from infra.rehearse.run import aimctl, driver_env, experiment, finish, history
 from infra.rehearse.services import shared_services
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray]

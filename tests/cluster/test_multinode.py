@@ -9,7 +9,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from cluster_helpers import (
+
+from infra.rehearse.cluster import LocalCluster
+from infra.rehearse.procs import wait_for
+from infra.rehearse.run import (
     SLOT,
     aimctl,
     checkpoint_steps,
@@ -21,9 +24,6 @@ from cluster_helpers import (
     run_by_name,
     write,
 )
-
-from infra.rehearse.cluster import LocalCluster
-from infra.rehearse.procs import wait_for
 from infra.rehearse.services import shared_services
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray]

@@ -73,6 +73,8 @@ CASES = [  # each one a real `python -m pipelines.cli` process
         [],
         "top_fraction",
     ),
+    ("worker-resources-cpu", "pretrain", exp(scaling__worker_resources={"CPU": 2}), [], "scaling.worker_resources"),
+    ("worker-resources-zero", "pretrain", exp(scaling__worker_resources={"spot": 0}), [], "scaling.worker_resources"),
     ("bad-yaml", "pretrain", "name: x\nmodel: {preset: aim-test\n", [], "not valid YAML"),
     ("set-typo", "pretrain", exp(), ["--set", "optim.lrr=1e-3"], "optim.lrr: unknown key"),
     ("sweep-base-and-experiment", "sweep", sweep(base="other.yaml"), [], "base"),

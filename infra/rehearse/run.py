@@ -1,4 +1,5 @@
-"""Helpers for tests/cluster: the rehearsal's experiment, the driver as a subprocess, MLflow read-backs."""
+"""Runs on the rehearsal cluster: the experiment (aim-test on demo data, checkpoints on S3, MLflow on the
+server), `aimctl` as the driver on the head (a subprocess), and what MLflow and S3 hold afterwards."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import yaml
 
 from infra.rehearse.services import Services
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 SLOT = "rehearsal_gpu"  # the logical stand-in for a GPU node's GPUs (torch here is CPU-only)
 
 
@@ -119,3 +120,16 @@ def checkpoint_steps(services: Services, prefix: str) -> dict[str, int]:
                 meta = json.loads(s3.get_object(Bucket=services.bucket, Key=obj["Key"])["Body"].read())
                 out[obj["Key"].rsplit("/", 2)[-2]] = int(meta["step"])
     return out
+
+
+def registered_checkpoints(services: Services, run_dir: str) -> int:
+    """How many checkpoints Ray Train has registered for the run under s3://bucket/<run_dir> (its snapshot).
+    A checkpoint counts for an in-run restart only once registered: the controller registers a worker's
+    report when it next polls the workers, so a node lost within that window falls back to the one before."""
+    import json
+
+    try:
+        body = services.s3().get_object(Bucket=services.bucket, Key=f"{run_dir}/checkpoint_manager_snapshot.json")
+    except Exception:  # noqa: BLE001 - not written yet
+        return 0
+    return len(json.loads(body["Body"].read()).get("checkpoint_results", []))
