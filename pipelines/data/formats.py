@@ -134,7 +134,8 @@ def split_matches(name: str, split: str) -> bool:
     return re.search(rf"(^|[_/.-]){re.escape(split)}([_.-]|$)", name.rsplit(".", 1)[0]) is not None
 
 
-def read_metadata(fs: pafs.FileSystem, path: str, columns: list[str]) -> pa.Table:
+def read_metadata(fs: pafs.FileSystem, path: str, columns: list[str], optional: tuple[str, ...] = ()) -> pa.Table:
+    """`columns` (each required) plus those of `optional` the file has (img2dataset's `status`)."""
     try:
         with fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f)
@@ -142,7 +143,7 @@ def read_metadata(fs: pafs.FileSystem, path: str, columns: list[str]) -> pa.Tabl
             missing = [c for c in columns if c not in names]
             if missing:
                 raise DataError(f"{storage.display(fs, path)}: no column {missing[0]!r} (has {', '.join(names)})")
-            return pf.read(columns=columns)
+            return pf.read(columns=list(dict.fromkeys(columns + [c for c in optional if c in names])))
     except pa.ArrowInvalid as e:  # zero bytes, or not Parquet
         raise DataError(
             f"{storage.display(fs, path)}: not a readable Parquet file ({str(e).splitlines()[0]})"
