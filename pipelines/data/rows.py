@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.data import formats, uids
-from pipelines.data.config import DataConfig, S3Config
+from pipelines.data import formats, storage, uids
+from pipelines.data.config import DataConfig
 
 __all__ = ["RowRules", "ShardRows", "shard_rows", "STATUS_OK"]
 
@@ -32,14 +32,15 @@ class RowRules:
 
     score: str
     use_score: bool  # False: the subset alone selects (no score needed)
-    subset: str | None = None
-    scores: str | None = None  # separate uid -> score Parquet
-    s3: S3Config | None = None
+    subset: tuple | None = None  # (filesystem, path) of the uid list, resolved on the driver
+    scores: tuple | None = None  # (filesystem, path) of a separate uid -> score Parquet
 
     @classmethod
     def of(cls, cfg: DataConfig) -> RowRules:
         p = cfg.pool
-        return cls(p.score_column, p.rule != "subset", p.subset, p.scores, cfg.s3)
+        subset = storage.filesystem(p.subset, cfg.s3) if p.subset else None
+        scores = storage.filesystem(p.scores, cfg.s3) if p.scores and p.rule != "subset" else None
+        return cls(p.score_column, p.rule != "subset", subset, scores)
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _scores(table: pa.Table, rules: RowRules, keys: np.ndarray | None) -> np.nda
     if not rules.use_score:
         return np.zeros(table.num_rows)
     if rules.scores:
-        return uids.lookup_scores(keys, uids.load_scores(rules.scores, rules.score, rules.s3))
+        return uids.lookup_scores(keys, uids.load_scores(rules.scores, rules.score))
     return table[rules.score].cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls arrive as NaN
 
 
@@ -90,7 +91,7 @@ def shard_rows(fs, meta_path: str, rules: RowRules, drop: list[str]) -> ShardRow
     keys = uids.hex_to_key(table["uid"]) if need_uid else None
     outside = np.zeros(table.num_rows, dtype=bool)
     if rules.subset:
-        outside = ~nd & ~dup & ~uids.in_subset(keys, uids.load_subset(rules.subset, rules.s3))
+        outside = ~nd & ~dup & ~uids.in_subset(keys, uids.load_subset(rules.subset))
     scores = _scores(table, rules, keys)
     valid = ~nd & ~dup & ~outside & np.isfinite(scores)
     return ShardRows(table["key"], scores, nd, dup, outside, valid, reasons)

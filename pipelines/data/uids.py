@@ -82,15 +82,17 @@ def _parquet_table(fs, path: str, columns: list[str]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def _cached(kind: str, uri: str, s3, load):
-    fs, path = storage.filesystem(uri, s3)
+def _cached(kind: str, where: tuple, load):
+    """`load(fs, path)` once per process and file version; `where` = (filesystem, path) as the driver
+    resolved it (a filesystem made there carries the credentials into Ray workers)."""
+    fs, path = where
     try:
         info = fs.get_file_info(path)
     except OSError as e:
         raise storage.storage_error(e, fs, path, "checking") from None
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"{storage.display(fs, path)}: no such file ({kind})")
-    key = (kind, uri, info.size, info.mtime_ns)
+    key = (kind, storage.display(fs, path), info.size, info.mtime_ns)
     if key not in _CACHE:
         try:
             _CACHE[key] = load(fs, path)
@@ -99,8 +101,8 @@ def _cached(kind: str, uri: str, s3, load):
     return _CACHE[key]
 
 
-def load_subset(uri: str, s3=None) -> np.ndarray:
-    """The subset's uids as a sorted, unique S16 array (cached per process)."""
+def load_subset(where: tuple) -> np.ndarray:
+    """The subset's uids as a sorted, unique S16 array (cached per process); `where` = (fs, path)."""
 
     def load(fs, path):
         if path.endswith(".npy"):
@@ -109,10 +111,10 @@ def load_subset(uri: str, s3=None) -> np.ndarray:
             keys = hex_to_key(_parquet_table(fs, path, ["uid"])["uid"])
         return np.unique(keys)
 
-    return _cached("subset", uri, s3, load)
+    return _cached("subset", where, load)
 
 
-def load_scores(uri: str, column: str, s3=None) -> tuple[np.ndarray, np.ndarray]:
+def load_scores(where: tuple, column: str) -> tuple[np.ndarray, np.ndarray]:
     """(sorted S16 uids, float64 scores) from Parquet with `uid` and `column` (cached per process)."""
 
     def load(fs, path):
@@ -122,7 +124,7 @@ def load_scores(uri: str, column: str, s3=None) -> tuple[np.ndarray, np.ndarray]
         order = np.argsort(keys, kind="stable")
         return keys[order], values[order]
 
-    return _cached(f"scores:{column}", uri, s3, load)
+    return _cached(f"scores:{column}", where, load)
 
 
 def in_subset(keys: np.ndarray, subset: np.ndarray) -> np.ndarray:
