@@ -114,6 +114,10 @@ class PoolConfig(_Strict):
     def _one_rule(self) -> PoolConfig:
         if self.threshold is not None and "top_fraction" in self.model_fields_set:
             raise ValueError("top_fraction: give either threshold or top_fraction, not both")
+        if self.scores is not None and self.rule == "subset":
+            raise ValueError(
+                "scores: a subset alone scores nothing; give threshold or top_fraction to rank the subset's rows"
+            )
         return self
 
     @property
