@@ -223,18 +223,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     import ray
 
+    from pipelines import quiet
+
     if ray.is_initialized():
         return
+    quiet.route_ray_logs()  # aimctl without -v: Ray's INFO lines go to a log file, workers' output stays in Ray's
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=not quiet.is_quiet())
     else:  # the dashboard (127.0.0.1) serves the State API that Ray Train polls; without it, warnings
         ray.init(
             num_cpus=num_cpus,
             dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
-            log_to_driver=True,
+            log_to_driver=not quiet.is_quiet(),
             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
         )
 
