@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 __all__ = [
     "DataConfig",
@@ -119,6 +119,19 @@ class PoolConfig(_Strict):
                 "scores: a subset alone scores nothing; give threshold or top_fraction to rank the subset's rows"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Unset subset/scores are left out (a config without them dumps, and so fingerprints, as before they
+        existed), and so is top_fraction under the subset-alone rule (a dump re-loads to the same rule)."""
+        d = handler(self)
+        if isinstance(d, dict):
+            for k in ("subset", "scores"):
+                if d.get(k) is None:
+                    d.pop(k, None)
+            if self.rule == "subset":
+                d.pop("top_fraction", None)
+        return d
 
     @property
     def rule(self) -> Literal["threshold", "top_fraction", "subset"]:

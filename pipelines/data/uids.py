@@ -28,17 +28,26 @@ __all__ = ["hex_to_key", "load_subset", "load_scores", "in_subset", "lookup_scor
 _CACHE: dict[tuple, object] = {}
 
 
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
+_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+
+
 def hex_to_key(uids) -> np.ndarray:
-    """32-hex-character uids (a list or Arrow array; None allowed) -> S16 big-endian keys (None -> all zero)."""
-    out = np.zeros(len(uids), dtype="S16")
-    values = uids.to_pylist() if hasattr(uids, "to_pylist") else list(uids)
-    for i, u in enumerate(values):
-        if u:
-            try:
-                out[i] = bytes.fromhex(u.rjust(32, "0")[-32:])
-            except ValueError:
-                raise DataError(f"uid {u!r} is not a 128-bit hex string") from None
-    return out
+    """32-hex-character uids (an Arrow array or a list; nulls allowed) -> S16 big-endian keys, vectorised
+    (null -> all zero bytes). Anything but 32 hex characters is an error naming the uid."""
+    if not hasattr(uids, "to_numpy"):
+        uids = pa.array(list(uids), pa.string())
+    valid = pc.is_valid(uids).to_numpy(zero_copy_only=False)
+    raw = pc.fill_null(uids, "0" * 32).to_numpy(zero_copy_only=False).astype("S33")  # S33: spots long ones
+    nib = _HEX[raw.view(np.uint8).reshape(-1, 33)[:, :32]]
+    bad = (nib == 255).any(axis=1) | (raw.view(np.uint8).reshape(-1, 33)[:, 32] != 0)
+    if bad.any():
+        raise DataError(f"uid {raw[bad][0].decode(errors='replace')!r} is not 32 hex characters (a 128-bit uid)")
+    keys = (nib[:, 0::2] << 4 | nib[:, 1::2]).astype(np.uint8).copy().view("S16").reshape(-1)
+    keys[~valid] = b""
+    return keys
 
 
 def _pairs_to_key(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:

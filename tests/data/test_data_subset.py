@@ -56,6 +56,19 @@ def test_uid_keys_match_datacomp_order_and_membership(tmp_path):
         uids.load_subset(_local(tmp_path / "absent.npy"))
 
 
+def test_subset_configs_round_trip_and_old_configs_dump_as_before():
+    from pipelines.data.config import DataConfig
+
+    base = {"pool": {"uri": "p"}, "curated": {"uri": "c"}}
+    old = DataConfig.model_validate(base).model_dump(mode="json")
+    assert "subset" not in old["pool"] and "scores" not in old["pool"] and old["pool"]["top_fraction"] == 0.15
+    for pool, rule in (({"subset": "u.npy"}, "subset"), ({"subset": "u.npy", "top_fraction": 0.3}, "top_fraction")):
+        cfg = DataConfig.model_validate({**base, "pool": {"uri": "p", **pool}})
+        again = DataConfig.model_validate(cfg.model_dump(mode="json"))
+        assert cfg.pool.rule == again.pool.rule == rule and again == cfg
+        assert DataConfig.model_validate_json(cfg.model_dump_json()).pool.rule == rule
+
+
 @pytest.mark.ray
 def test_subset_alone_and_with_top_fraction_locally(ray_session, demo_local, tmp_path):
     from pipelines.data.manifest import build_manifest
