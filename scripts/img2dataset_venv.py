@@ -19,13 +19,22 @@ VENV = ROOT / ".cache" / "img2dataset-venv"
 
 
 def img2dataset_venv(venv: Path = VENV, pin: str = PIN) -> Path:
-    """Path of the `img2dataset` executable, installing it first when the venv is not complete."""
+    """Path of the `img2dataset` executable, installing it first when the venv is not complete (under a
+    file lock: two test runs on one checkout build it once)."""
+    import fcntl
+
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f"{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure(venv, pin)
+
+
+def _ensure(venv: Path, pin: str) -> Path:
     exe = venv / "bin" / "img2dataset"
     stamp = venv / ".installed"
     if stamp.is_file() and stamp.read_text().strip() == pin and exe.is_file():
         return exe
     shutil.rmtree(venv, ignore_errors=True)
-    venv.parent.mkdir(parents=True, exist_ok=True)
     # the interpreter this venv was made from, not the project's venv (a venv of a venv is fine too)
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", str(venv)], check=True)

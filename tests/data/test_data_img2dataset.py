@@ -24,6 +24,7 @@ import yaml
 
 from tests.conftest import experiment
 
+pytestmark = pytest.mark.ray
 N_URLS, PER_SHARD = 50, 10
 DEAD = {7, 13, 21, 28, 35} | set(range(40, 50))  # 404; the last shard has no successful row at all
 NOT_IMAGE = {4, 17}  # served with 200 but not decodable: img2dataset's failed_to_resize
