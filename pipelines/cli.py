@@ -7,14 +7,57 @@ Heavy imports (ray, mlflow, torch) happen inside the commands so ``aimctl --help
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
+
+
+class _OneLineErrors(TyperGroup):
+    """The error boundary of every command: a user error (bad data, storage, config, training) that a
+    command did not handle itself prints one line and exits 1; anything else (a bug) keeps its traceback."""
+
+    def invoke(self, ctx):
+        import click
+
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise  # a command's own exit (its error line is already printed) or a usage error
+        except Exception as e:
+            from pipelines.cli_common import fail, user_error
+
+            msg = user_error(e)
+            if msg is None:
+                raise
+            fail(msg + _log_hint(), code=1)
+
+
+def _log_hint() -> str:
+    from pipelines import quiet
+
+    path = quiet.log_path()
+    return f" (Ray's log: {path})" if path is not None and path.exists() else ""
+
 
 app = typer.Typer(
     name="aimctl",
+    cls=_OneLineErrors,
     help="AIM pre-training pipeline: data (Ray Data), pre-training (Ray Train), sweeps (Ray Tune), MLflow.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="show Ray's INFO logging and workers' output"),
+) -> None:
+    """Without -v, Ray's INFO logging goes to a log file ($AIMCTL_LOG_DIR, default <tmp>/aimctl/)."""
+    from pipelines import quiet
+
+    if not verbose:
+        quiet.enable()
+        ctx.call_on_close(quiet.disable)  # for this command only (matters when called in-process, e.g. tests)
 
 
 def _register() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 __all__ = [
     "DataConfig",
@@ -82,12 +82,65 @@ class PoolConfig(_Strict):
     threshold: float | None = Field(None, description="keep rows with score >= threshold (overrides top_fraction)")
     top_fraction: float = Field(0.15, gt=0, le=1, description="keep the top fraction by a global quantile")
     dedup: bool = Field(False, description="drop rows whose uid was already seen (keeps the smallest shard/key)")
+    subset: str | None = Field(
+        None,
+        description="keep only rows whose uid is listed here: a DataComp .npy (sorted u8,u8 uids) or a "
+        ".parquet with a uid column; alone (no score rule) unless threshold/top_fraction is also given",
+    )
+    scores: str | None = Field(
+        None,
+        description="Parquet file or directory with uid + score_column, joined on uid (instead of the "
+        "score column of each shard's metadata)",
+    )
+
+    @field_validator("subset")
+    @classmethod
+    def _subset_file(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        storage_uri(v)
+        if not v.endswith((".npy", ".parquet")):
+            raise ValueError(f"{v!r}: a uid list is a .npy (DataComp) or a .parquet file with a uid column")
+        return v
+
+    @field_validator("scores")
+    @classmethod
+    def _scores_uri(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a Parquet file or directory (local or s3://), not empty")
+        return v if v is None else storage_uri(v)
 
     @model_validator(mode="after")
     def _one_rule(self) -> PoolConfig:
         if self.threshold is not None and "top_fraction" in self.model_fields_set:
             raise ValueError("top_fraction: give either threshold or top_fraction, not both")
+        if self.scores is not None and self.rule == "subset":
+            raise ValueError(
+                "scores: a subset alone scores nothing; give threshold or top_fraction to rank the subset's rows"
+            )
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Unset subset/scores are left out (a config without them dumps, and so fingerprints, as before they
+        existed), and so is top_fraction under the subset-alone rule (a dump re-loads to the same rule)."""
+        d = handler(self)
+        if isinstance(d, dict):
+            for k in ("subset", "scores"):
+                if d.get(k) is None:
+                    d.pop(k, None)
+            if self.rule == "subset":
+                d.pop("top_fraction", None)
+        return d
+
+    @property
+    def rule(self) -> Literal["threshold", "top_fraction", "subset"]:
+        """threshold / top_fraction (of the subset's rows when `subset` is set too) / subset alone."""
+        if self.threshold is not None:
+            return "threshold"
+        if self.subset is not None and "top_fraction" not in self.model_fields_set:
+            return "subset"
+        return "top_fraction"
 
 
 class CuratedConfig(_Strict):

@@ -2,7 +2,8 @@
 
 Pool (DataComp / img2dataset layout): `NAME.tar` holding `KEY.jpg`, `KEY.txt`, `KEY.json` per sample,
 and `NAME.parquet` with one row per sample: `uid`, `key`, `caption`, `width`, `height` and score columns.
-Curated: Parquet with image bytes + label (e.g. `cifar10_train-00-of-02.parquet`), or WebDataset shards
+Curated: Parquet with image bytes (or a Hugging Face `Image()` struct of `bytes` + `path`) + label (e.g.
+`cifar10_train-00-of-02.parquet`, `train-00000-of-00001.parquet`), or WebDataset shards
 `NAME.tar` with `KEY.jpg` + `KEY.cls` (+ an optional `NAME.parquet` index of `key`, `label`).
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "read_metadata",
     "read_curated_chunk",
     "split_matches",
+    "image_bytes",
 ]
 
 POOL_META_SCHEMA = pa.schema(
@@ -134,7 +136,8 @@ def split_matches(name: str, split: str) -> bool:
     return re.search(rf"(^|[_/.-]){re.escape(split)}([_.-]|$)", name.rsplit(".", 1)[0]) is not None
 
 
-def read_metadata(fs: pafs.FileSystem, path: str, columns: list[str]) -> pa.Table:
+def read_metadata(fs: pafs.FileSystem, path: str, columns: list[str], optional: tuple[str, ...] = ()) -> pa.Table:
+    """`columns` (each required) plus those of `optional` the file has (img2dataset's `status`)."""
     try:
         with fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f)
@@ -142,7 +145,7 @@ def read_metadata(fs: pafs.FileSystem, path: str, columns: list[str]) -> pa.Tabl
             missing = [c for c in columns if c not in names]
             if missing:
                 raise DataError(f"{storage.display(fs, path)}: no column {missing[0]!r} (has {', '.join(names)})")
-            return pf.read(columns=columns)
+            return pf.read(columns=list(dict.fromkeys(columns + [c for c in optional if c in names])))
     except pa.ArrowInvalid as e:  # zero bytes, or not Parquet
         raise DataError(
             f"{storage.display(fs, path)}: not a readable Parquet file ({str(e).splitlines()[0]})"
@@ -216,7 +219,17 @@ def read_curated_chunk(
         raise storage.storage_error(e, fs, file.path, "reading") from None
     if file.split_filter:
         table = table.filter(pc.equal(table["split"], split))
-    return table[image].to_pylist(), table[label].to_pylist()
+    return image_bytes(table[image]), table[label].to_pylist()
+
+
+def image_bytes(column: pa.ChunkedArray) -> list[bytes | None]:
+    """Encoded images from a Parquet column: plain binary, or a struct with a `bytes` field (and `path`), as
+    Hugging Face `datasets` writes an `Image()` feature. A row without bytes is None (a missing image)."""
+    if pa.types.is_struct(column.type):
+        if column.type.get_field_index("bytes") < 0:
+            raise DataError(f"image column is a struct without a 'bytes' field ({column.type})")
+        column = pc.struct_field(column, "bytes")
+    return column.to_pylist()
 
 
 def _wds_label(files: dict[str, bytes], field: str) -> int:

@@ -1,7 +1,8 @@
 """Labelled images for probes: deterministic views (centre crop, resize, normalise), no Ray needed.
 
 Reads labelled Parquet (`image` bytes + `label`, files `*_train-*.parquet` / `*_test-*.parquet` or a
-`split` column, as in shared/data/cifar10) or curated WebDataset shards, from a local directory or S3.
+`split` column, as in shared/data/cifar10; or Hugging Face `datasets` Parquet, `image` a struct of `bytes`
++ `path`, files `train-00000-of-00001.parquet`) or curated WebDataset shards, from a local directory or S3.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _parquet_rows(fs, path: str, cur: CuratedConfig, split: str, by_column: bool
             table = pa.Table.from_batches([batch])
             if by_column:
                 table = table.filter(pc.equal(table["split"], split))
-            yield from zip(table[cur.image_column].to_pylist(), table[cur.label_column].to_pylist())
+            yield from zip(formats.image_bytes(table[cur.image_column]), table[cur.label_column].to_pylist())
 
 
 def read_labelled_rows(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 
 from pipelines.data import storage
@@ -26,10 +27,24 @@ def _listing(uri: str, cfg: DataConfig) -> list[str]:
     return lines
 
 
+def _file_line(uri: str, cfg: DataConfig) -> list[str]:
+    """The listing of a uid/score file or directory (subset, scores)."""
+    import pyarrow.fs as pafs
+
+    fs, path = storage.filesystem(uri, cfg.s3)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        return _listing(uri, cfg)
+    info = fs.get_file_info(path)
+    return [f"\t{info.size}\t{info.mtime_ns if info.mtime_ns is not None else -1}"]
+
+
 def data_version(cfg: DataConfig) -> str:
     h = hashlib.sha256()
     for section, uri in (("pool", cfg.pool.uri), ("curated", cfg.curated.uri)):
         for line in _listing(uri, cfg):
+            h.update(f"{section}\t{line}\n".encode())
+    for section, uri in (("subset", cfg.pool.subset), ("scores", cfg.pool.scores)):
+        for line in _file_line(uri, cfg) if uri else []:
             h.update(f"{section}\t{line}\n".encode())
     h.update(cfg.pool.model_dump_json(exclude={"uri"}).encode())
     h.update(cfg.curated.model_dump_json(exclude={"uri"}).encode())
@@ -38,19 +53,27 @@ def data_version(cfg: DataConfig) -> str:
 
 def _pool_section(cfg: DataConfig, sel) -> dict:
     seen, dup, missing, kept = (sel.total("rows"), sel.total("duplicates"), sel.total("missing_score"), sel.rows_kept)
+    nd, outside = sel.total("not_downloaded"), sel.total("outside_subset")
     return {
         "uri": cfg.pool.uri,
         "shards": len(sel.shards),
         "rows_seen": seen,
         "rows_kept": kept,
         "kept_fraction": kept / seen if seen else 0.0,
-        "score_column": sel.score_column,
+        "score_column": sel.score_column if sel.rule != "subset" else None,
+        "scores": cfg.pool.scores if sel.rule != "subset" else None,
         "rule": sel.rule,
-        "score_threshold": sel.threshold,
+        "subset": cfg.pool.subset,
+        "score_threshold": sel.threshold if math.isfinite(sel.threshold) else None,
         "top_fraction": sel.top_fraction,
+        # metadata rows img2dataset tried but never stored (status != success): not samples, never bad
+        "not_downloaded": nd,
+        "not_downloaded_by_reason": sel.not_downloaded_by(),
+        "not_downloaded_by_shard": {n: dict(c.not_downloaded_by) for n, c in sel.counts.items() if c.not_downloaded},
         "duplicates_dropped": dup,
+        "outside_subset": outside,
         "missing_score": missing,
-        "below_threshold": seen - dup - missing - kept,
+        "below_threshold": seen - nd - dup - outside - missing - kept,
     }
 
 
@@ -69,6 +92,7 @@ def build_manifest(cfg: DataConfig, seed: int, epoch: int = 0, img_size: int = 3
     plan, cur = built.plan, built.curated
     skipped = {
         "duplicate_uid": pool["duplicates_dropped"],
+        "outside_subset": pool["outside_subset"],
         "missing_score": pool["missing_score"],
         "below_threshold": pool["below_threshold"],
         **dict.fromkeys(REASONS, 0),

@@ -25,6 +25,7 @@ from pipelines.data.plan import CuratedSource, EpochPlan, curated_source, plan_e
 from pipelines.data.quality import Quality, new_quality
 from pipelines.data.raytools import ensure_ray
 from pipelines.data.reader import SLOTS_PER_EPOCH, ReadContext, mixed_datasource
+from pipelines.data.rows import RowRules
 from pipelines.data.select import Selection, select_pool
 from pipelines.data.storage import filesystem
 
@@ -214,7 +215,7 @@ def plan_stream(
     # fused: a read task decodes and yields whole blocks of block_rows images (see StreamPlan.dataset)
     ctx = ReadContext(
         fs,
-        sel.score_column,
+        sel.rules or RowRules.of(cfg),
         sel.threshold,
         cur,
         seed,

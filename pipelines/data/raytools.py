@@ -17,15 +17,23 @@ def ensure_ray() -> None:
     """Attach to RAY_ADDRESS if set, else start a local Ray (no dashboard, no usage stats)."""
     import ray
 
+    from pipelines import quiet
+
     tune_ray_data()
     if ray.is_initialized():
         return
+    quiet.route_ray_logs()  # aimctl without -v: Ray's INFO lines go to a log file
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS")
+    to_driver = not quiet.is_quiet()
     if address:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=to_driver)
     else:
-        ray.init(include_dashboard=False, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+        ray.init(
+            include_dashboard=False,
+            log_to_driver=to_driver,
+            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+        )
 
 
 # Two Ray Data scheduler constants (Ray 2.60), tuned for short tasks on small machines; see tune_ray_data.

@@ -24,6 +24,7 @@ from pipelines.data.mix import CuratedStream, SlotPattern, aug_seeds, row_order
 from pipelines.data.plan import CuratedSource
 from pipelines.data.quality import Quality, report_bad
 from pipelines.data.raytools import tune_ray_data
+from pipelines.data.rows import RowRules
 from pipelines.data.select import shard_scores
 from pipelines.data.storage import StorageError
 
@@ -39,7 +40,7 @@ tune_ray_data()
 @dataclass
 class ReadContext:
     pool_fs: pafs.FileSystem
-    score: str
+    rules: RowRules  # which metadata rows are candidates (status, subset, score source)
     threshold: float
     curated: CuratedSource
     seed: int
@@ -53,8 +54,8 @@ class ReadContext:
 def _pool_images(spec: dict, ctx: ReadContext) -> list[bytes | None]:
     name = spec["shard"]
     try:
-        table, _, valid = shard_scores(ctx.pool_fs, spec["meta"], ctx.score, spec["drop"])
-        scores = table[ctx.score].cast(pa.float64()).to_numpy(zero_copy_only=False)
+        table, _, valid = shard_scores(ctx.pool_fs, spec["meta"], ctx.rules, spec["drop"])
+        scores = table["score"].to_numpy(zero_copy_only=False)
         keep = valid & (np.nan_to_num(scores, nan=-np.inf) >= ctx.threshold)
         keys = np.asarray(table["key"].to_pylist(), dtype=object)[keep]
         if len(keys) != spec["n_pool"]:

@@ -21,6 +21,7 @@ from pipelines.data import formats, storage
 from pipelines.data.config import DataConfig
 from pipelines.data.quantile import bin_stats, merge_stats, quantile_linear
 from pipelines.data.raytools import SCAN_CPUS, scan_reduce
+from pipelines.data.rows import STATUS_OK, RowRules, shard_rows
 
 __all__ = ["ShardCounts", "Selection", "select_pool", "shard_scores"]
 
@@ -32,6 +33,9 @@ class ShardCounts:
     duplicates: int = 0
     missing_score: int = 0
     kept: int = 0
+    not_downloaded: int = 0  # img2dataset rows whose status is not success: never samples
+    outside_subset: int = 0
+    not_downloaded_by: dict[str, int] = field(default_factory=dict)  # by status
 
 
 @dataclass
@@ -39,12 +43,14 @@ class Selection:
     """What the selection passes found; `shards` keeps the listing order (sorted by name)."""
 
     score_column: str
-    rule: str  # "threshold" | "top_fraction"
-    threshold: float
+    rule: str  # "threshold" | "top_fraction" | "subset"
+    threshold: float  # -inf for "subset" (no score rule)
     top_fraction: float | None
     shards: list[formats.PoolShard]
     counts: dict[str, ShardCounts]
     drop_keys: dict[str, list[str]] = field(default_factory=dict)
+    rules: RowRules | None = None
+    subset: str | None = None
 
     def total(self, attr: str) -> int:
         return sum(getattr(c, attr) for c in self.counts.values())
@@ -53,34 +59,43 @@ class Selection:
     def rows_kept(self) -> int:
         return self.total("kept")
 
+    def not_downloaded_by(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.counts.values():
+            for r, n in c.not_downloaded_by.items():
+                out[r] = out.get(r, 0) + n
+        return dict(sorted(out.items()))
 
-def shard_scores(fs, meta_path: str, score: str, drop: list[str]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """(key/score table, is_duplicate mask, is_valid mask) for one shard's metadata."""
-    table = formats.read_metadata(fs, meta_path, ["key", score])
-    is_dup = (
-        pc.is_in(table["key"], value_set=pa.array(drop, pa.string())).to_numpy(zero_copy_only=False)
-        if drop
-        else np.zeros(table.num_rows, dtype=bool)
-    )
-    values = table[score].cast(pa.float64()).to_numpy(zero_copy_only=False)
-    valid = ~is_dup & np.isfinite(values)  # nulls arrive as NaN
-    return table, is_dup, valid
+
+def shard_scores(fs, meta_path: str, rules: RowRules, drop: list[str]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(table with `key` and the scores as `score`, is_duplicate mask, is_valid mask) for one shard."""
+    r = shard_rows(fs, meta_path, rules, drop)
+    table = pa.table({"key": r.keys, "score": pa.array(r.scores, pa.float64())})
+    return table, r.duplicate, r.valid
 
 
 def _items(sel_shards: list[formats.PoolShard], drop: dict[str, list[str]]) -> list[dict]:
     return [{"name": s.name, "meta": s.meta, "drop": drop.get(s.name, [])} for s in sel_shards]
 
 
-def _valid_scores(fs, score: str, item: dict) -> np.ndarray:
-    table, _, valid = shard_scores(fs, item["meta"], score, item["drop"])
-    return table[score].cast(pa.float64()).to_numpy(zero_copy_only=False)[valid]
+def _valid_scores(fs, rules: RowRules, item: dict) -> np.ndarray:
+    r = shard_rows(fs, item["meta"], rules, item["drop"])
+    return r.scores[r.valid]
 
 
-def _stats_pass(fs, score: str, items: list[dict]) -> tuple[dict[str, ShardCounts], int, float, float]:
+def _stats_pass(fs, rules: RowRules, items: list[dict]) -> tuple[dict[str, ShardCounts], int, float, float]:
     def per_item(item: dict):
-        table, is_dup, valid = shard_scores(fs, item["meta"], score, item["drop"])
-        v = table[score].cast(pa.float64()).to_numpy(zero_copy_only=False)[valid]
-        c = ShardCounts(item["name"], table.num_rows, int(is_dup.sum()), int((~valid & ~is_dup).sum()))
+        r = shard_rows(fs, item["meta"], rules, item["drop"])
+        v = r.scores[r.valid]
+        c = ShardCounts(
+            item["name"],
+            len(r.valid),
+            int(r.duplicate.sum()),
+            int(r.missing_score.sum()),
+            not_downloaded=int(r.not_downloaded.sum()),
+            outside_subset=int(r.outside.sum()),
+            not_downloaded_by=r.reasons,
+        )
         return (
             {item["name"]: c},
             len(v),
@@ -94,13 +109,13 @@ def _stats_pass(fs, score: str, items: list[dict]) -> tuple[dict[str, ShardCount
     return scan_reduce(items, per_item, combine)
 
 
-def _threshold(fs, score: str, items: list[dict], n: int, lo: float, hi: float, top_fraction: float) -> float:
+def _threshold(fs, rules: RowRules, items: list[dict], n: int, lo: float, hi: float, top_fraction: float) -> float:
     def histogram(edges: np.ndarray, closed: bool):
-        return scan_reduce(items, lambda it: bin_stats(_valid_scores(fs, score, it), edges, closed), merge_stats)
+        return scan_reduce(items, lambda it: bin_stats(_valid_scores(fs, rules, it), edges, closed), merge_stats)
 
     def collect(a: float, b: float) -> np.ndarray:
         def per_item(it):
-            v = _valid_scores(fs, score, it)
+            v = _valid_scores(fs, rules, it)
             return v[(v >= a) & (v <= b)]
 
         return scan_reduce(items, per_item, lambda x, y: np.concatenate([x, y]))
@@ -108,9 +123,9 @@ def _threshold(fs, score: str, items: list[dict], n: int, lo: float, hi: float, 
     return quantile_linear(n, 1.0 - top_fraction, lo, hi, histogram, collect)
 
 
-def _kept_pass(fs, score: str, items: list[dict], threshold: float) -> dict[str, int]:
+def _kept_pass(fs, rules: RowRules, items: list[dict], threshold: float) -> dict[str, int]:
     def per_item(item: dict):
-        return {item["name"]: int((_valid_scores(fs, score, item) >= threshold).sum())}
+        return {item["name"]: int((_valid_scores(fs, rules, item) >= threshold).sum())}
 
     return scan_reduce(items, per_item, lambda a, b: {**a, **b})
 
@@ -127,7 +142,9 @@ def find_duplicates(fs, shards: list[formats.PoolShard]) -> dict[str, list[str]]
         tables = []
         for spec in batch["spec"]:
             item = json.loads(spec)
-            t = formats.read_metadata(fs, item["meta"], ["uid", "key"])
+            t = formats.read_metadata(fs, item["meta"], ["uid", "key"], optional=("status",))
+            if "status" in t.column_names:  # img2dataset rows never downloaded are not samples
+                t = t.filter(pc.equal(t["status"], STATUS_OK)).select(["uid", "key"])
             tables.append(t.append_column("shard", pa.array([item["name"]] * t.num_rows, pa.string())))
         return pa.concat_tables(tables)
 
@@ -154,23 +171,34 @@ def find_duplicates(fs, shards: list[formats.PoolShard]) -> dict[str, list[str]]
     return drop
 
 
+def _no_rows(cfg: DataConfig, counts: dict[str, ShardCounts]) -> str:
+    c = {k: sum(getattr(x, k) for x in counts.values()) for k in ("rows", "not_downloaded", "outside_subset")}
+    why = f"{c['rows']} rows: {c['not_downloaded']} not downloaded, {c['outside_subset']} outside the subset"
+    if cfg.pool.rule != "subset":
+        return f"pool {cfg.pool.uri}: no row has a valid {cfg.pool.score_column!r} score ({why})"
+    return f"pool {cfg.pool.uri}: no row is in the subset {cfg.pool.subset} ({why})"
+
+
 def select_pool(cfg: DataConfig, shards: list[formats.PoolShard] | None = None) -> Selection:
     """Run the selection passes for `cfg.pool` (Ray must be running); `shards` = an existing listing."""
     fs, root = storage.filesystem(cfg.pool.uri, cfg.s3)
     shards = shards if shards is not None else formats.list_pool_shards(fs, root)
-    score = cfg.pool.score_column
+    rules = RowRules.of(cfg)
     drop = find_duplicates(fs, shards) if cfg.pool.dedup else {}
     items = _items(shards, drop)
-    counts, n_valid, lo, hi = _stats_pass(fs, score, items)
+    counts, n_valid, lo, hi = _stats_pass(fs, rules, items)
     if n_valid == 0:
         from pipelines.data.errors import DataError
 
-        raise DataError(f"pool {cfg.pool.uri}: no row has a valid {score!r} score")
-    if cfg.pool.threshold is not None:
-        rule, threshold, frac = "threshold", float(cfg.pool.threshold), None
+        raise DataError(_no_rows(cfg, counts))
+    rule, frac = cfg.pool.rule, None
+    if rule == "threshold":
+        threshold = float(cfg.pool.threshold)
+    elif rule == "subset":
+        threshold = -math.inf
     else:
-        rule, frac = "top_fraction", cfg.pool.top_fraction
-        threshold = _threshold(fs, score, items, n_valid, lo, hi, frac)
-    for name, kept in _kept_pass(fs, score, items, threshold).items():
+        frac = cfg.pool.top_fraction
+        threshold = _threshold(fs, rules, items, n_valid, lo, hi, frac)
+    for name, kept in _kept_pass(fs, rules, items, threshold).items():
         counts[name].kept = kept
-    return Selection(score, rule, threshold, frac, shards, counts, drop)
+    return Selection(cfg.pool.score_column, rule, threshold, frac, shards, counts, drop, rules, cfg.pool.subset)

@@ -196,19 +196,25 @@ def _log_outputs(cfg: ExperimentConfig, uri: str, run_id: str, ckpt_path: str, p
     c.set_tag(run_id, "checkpoint_uri", ckpt_uri)
 
 
-def _log_skipped(uri: str, run_id: str, quality: dict, step: int) -> None:
+def _log_skipped(uri: str, run_id: str, quality: dict, step: int, sel=None) -> None:
     """Samples this attempt skipped (undecodable / listed but absent), as metrics `data/skipped_<reason>` at
     the attempt's last step (zeros too, so runs compare in the UI), and by shard in `data_quality.json`
-    when there were any. Counts what the attempt's data stream read, which may run ahead of training."""
+    when there were any. Counts what the attempt's data stream read, which may run ahead of training.
+    Pool rows never downloaded (img2dataset status != success) are `data/pool_not_downloaded[_<reason>]`."""
     from pipelines.data.quality import REASONS
 
     by_reason = quality["by_reason"]
     c = tracking.client(uri)
     log = tracking.MetricLogger(c, run_id)
-    log.log({f"data/skipped_{r}": by_reason.get(r, 0) for r in sorted(set(REASONS) | set(by_reason))}, step)
+    metrics = {f"data/skipped_{r}": by_reason.get(r, 0) for r in sorted(set(REASONS) | set(by_reason))}
+    nd = sel.not_downloaded_by() if sel is not None else {}
+    metrics["data/pool_not_downloaded"] = sum(nd.values())
+    metrics.update({f"data/pool_not_downloaded_{r}": n for r, n in nd.items()})
+    log.log(metrics, step)
     log.flush()
-    if quality["by_shard"]:
-        c.log_dict(run_id, quality, "data_quality.json")
+    if quality["by_shard"] or nd:
+        by_shard = {n: dict(x.not_downloaded_by) for n, x in sel.counts.items() if x.not_downloaded} if nd else {}
+        c.log_dict(run_id, {**quality, "not_downloaded_by_shard": by_shard}, "data_quality.json")
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -217,18 +223,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     import ray
 
+    from pipelines import quiet
+
     if ray.is_initialized():
         return
+    quiet.route_ray_logs()  # aimctl without -v: Ray's INFO lines go to a log file, workers' output stays in Ray's
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=not quiet.is_quiet())
     else:  # the dashboard (127.0.0.1) serves the State API that Ray Train polls; without it, warnings
         ray.init(
             num_cpus=num_cpus,
             dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
-            log_to_driver=True,
+            log_to_driver=not quiet.is_quiet(),
             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
         )
 
@@ -248,8 +257,8 @@ def _plan(cfg: ExperimentConfig):
     world = max(cfg.scaling.num_workers, 1)
     window = cfg.scaling.shuffle_buffer or cfg.optim.batch_size // world
     need = cfg.schedule.steps * cfg.optim.batch_size + 2 * world * window
-    plan, _, _, plans, _ = plan_stream(cfg.data, cfg.aim_config().img_size, cfg.seed, min_samples=need, world=world)
-    return plan, plans[0].n_slots
+    plan, sel, _, plans, _ = plan_stream(cfg.data, cfg.aim_config().img_size, cfg.seed, min_samples=need, world=world)
+    return plan, plans[0].n_slots, sel
 
 
 def pretrain(
@@ -276,7 +285,7 @@ def pretrain(
         raise TrainingError(why)
     resumed_from = int(meta.get("step", 0))
     uri, run_id, logged = _open_run(cfg, parent_run_id, extra_tags or {})
-    plan, epoch_slots = _plan(cfg)
+    plan, epoch_slots, sel = _plan(cfg)
     target_state = None if ckpt else _fit_target(cfg, plan)
     extra = {"epoch_samples": epoch_slots}
     if cfg.scaling.num_workers == 0:  # in-process: the loop resumes and persists its checkpoints itself
@@ -319,7 +328,7 @@ def pretrain(
         step = int((result.metrics or {}).get("step", resumed_from))
     quality = plan.ctx.tracker.summary()
     if run_id:
-        _log_skipped(uri, run_id, quality, step)
+        _log_skipped(uri, run_id, quality, step, sel)
     if run_id and ckpt_path:
         _log_outputs(cfg, uri, run_id, ckpt_path, plan)
         finished = step >= cfg.schedule.steps

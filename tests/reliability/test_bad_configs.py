@@ -120,6 +120,16 @@ MORE_CASES = [  # the same CLI code in this process (typer's runner): cheap brea
     ("s3-without-bucket", "pretrain", exp(), ["--set", "storage.path=s3://"], "storage.path: 's3://': an s3:// URI"),
     ("pool-unknown-scheme", "pretrain", exp(data__pool__uri="gs://b/pool"), [], "data.pool.uri: 'gs://b/pool'"),
     ("tracking-unknown-scheme", "pretrain", exp(), ["--set", "tracking.uri=ftp://x"], "tracking.uri: 'ftp://x'"),
+    ("subset-not-a-uid-file", "pretrain", exp(data__pool__subset="uids.csv"), [], "data.pool.subset: 'uids.csv'"),
+    ("subset-unknown-scheme", "pretrain", exp(data__pool__subset="gs://b/u.npy"), [], "data.pool.subset: 'gs://"),
+    ("subset-not-a-string", "pretrain", exp(data__pool__subset=["a.npy"]), [], "data.pool.subset"),
+    (
+        "scores-without-a-score-rule",
+        "pretrain",
+        exp(data__pool__subset="u.npy", data__pool__scores="scores/"),
+        [],
+        "scores: a subset alone scores nothing",
+    ),
     ("probe-block-beyond-depth", "pretrain", exp(), ["--set", "probe.blocks=[99]"], "probe.blocks: [99] out of range"),
 ]
 
