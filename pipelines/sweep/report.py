@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -444,4 +446,26 @@ def write_report(uri: str, name_or_id: str, out: Path, experiment: str | None = 
     (out / "report.html").write_text(to_html(title, rows, charts))
     for name in ["report.md", "report.html", *charts]:
         c.log_artifact(parent, str(out / name), artifact_path="report")
+    log_summary_metrics(c, parent, rows)
     return rows, out
+
+
+def summary_metrics(rows: list[Row]) -> dict[str, float]:
+    """The table's key numbers (means over seeds) as 'summary/<axis>:<value>:<metric>': one chart section."""
+    out = {}
+    for r in rows:
+        for m in ("final_loss", "linear_top1", "attentive_top1"):
+            v = getattr(r, m)
+            if v is not None:
+                out[re.sub(r"[^\w./: -]+", "_", f"summary/{r.axis}:{r.value}:{m}")] = float(v)
+    return out
+
+
+def log_summary_metrics(c, parent: str, rows: list[Row]) -> None:
+    """Key numbers on the sweep's parent run (one batch; a rerun of the report logs them again)."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    items = [Metric(k, v, ts, 0) for k, v in summary_metrics(rows).items()]
+    for i in range(0, len(items), 1000):
+        c.log_batch(parent, metrics=items[i : i + 1000])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines import tracking
+from pipelines.sweep import mlflow_view
 from pipelines.sweep.spec import SweepSpec, Trial
 
 __all__ = ["SweepPlan", "plan_resources", "open_parent_run", "run_sweep"]
@@ -89,7 +90,15 @@ def open_parent_run(spec: SweepSpec, trials: list[Trial]) -> tuple[str, str]:
         path = Path(tmp) / "plan.json"
         path.write_text(json.dumps(plan, indent=1))
         c.log_artifact(run_id, str(path))
+    _write_views(c, spec, run_id)
     return uri, run_id
+
+
+def _write_views(c, spec: SweepSpec, run_id: str) -> None:
+    """MLflow chart views of the sweep (experiment tags) and links to them in the parent run's note."""
+    exp_id = c.get_run(run_id).info.experiment_id
+    keys = mlflow_view.write_sweep_views(c, exp_id, spec.name, list(spec.axes), run_id)
+    c.set_tag(run_id, "mlflow.note.content", mlflow_view.views_markdown(exp_id, keys))
 
 
 def _run_trial(trial: Trial, parent_run_id: str, selections: dict) -> dict:

@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.config import ConfigError, ExperimentConfig, apply_overrides, parse_experiment
+from pipelines.sweep.mlflow_view import IN_AXES_TAG, in_axes_tag
 
 __all__ = ["SweepSpec", "Trial", "base_seed", "load_sweep", "plan_trials"]
 
@@ -148,6 +149,7 @@ def _trial(
     digest = hashlib.sha1(tid.encode()).hexdigest()[:6]
     data["name"] = f"{spec.name}-{safe}-{digest}"[:120]
     data.setdefault("tags", {}).update({"sweep": spec.name, "axis": axis, "value": value, "trial": tid})
+    data["tags"][IN_AXES_TAG] = in_axes_tag(axis, list(spec.axes))  # MLflow's per-axis chart views
     if seed is not None:
         data["tags"]["seed"] = str(seed)
     cfg = parse_experiment(data, f"{source} (trial {tid})")
