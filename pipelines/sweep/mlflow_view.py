@@ -51,7 +51,7 @@ def _param(name: str) -> dict:
 def view_state(sweep: str, axis: str | None, parent_run_id: str | None = None) -> dict:
     """The UI state of one view: a search filter, a group-by, every trial shown (the parent run, which the UI
     adds for nesting, hidden: its summary metrics are not curves) and charts of grouped values. A per-axis
-    view shows the loss charts only (the chart search box, which the user can clear)."""
+    view shows the train/loss chart only (the chart search box, which the user can clear)."""
     hidden = [parent_run_id] if parent_run_id else []
     filt = f"tags.sweep = '{sweep}' AND tags.trial IS NOT NULL"
     keys = [_param("axis"), _param("value")]
@@ -69,7 +69,7 @@ def view_state(sweep: str, axis: str | None, parent_run_id: str | None = None) -
         "runsHidden": hidden,
         "runsVisibilityMap": {r: False for r in hidden},
         "hideEmptyCharts": True,
-        "chartsSearchFilter": "" if axis is None else "loss",
+        "chartsSearchFilter": "" if axis is None else "train/loss",
     }
 
 
