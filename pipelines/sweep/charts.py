@@ -73,8 +73,10 @@ def axis_curves(c, records: list, axis: str) -> list[Curve]:
 
 def _panels(curves: list[Curve], axis: str) -> list[tuple[str, list[Curve]]]:
     """One panel per target; the target axis: one per value (its own loss, its own scale)."""
-    if axis == "target":
-        return [(f"target={c.label} ({c.target})" if c.label == "base" else f"target={c.label}", [c]) for c in curves]
+    if axis == "target":  # the base is drawn only when no value has its target (else that value is it)
+        shown = {c.target for c in curves if c.label != "base"}
+        keep = [c for c in curves if c.label != "base" or c.target not in shown]
+        return [(f"target={c.label} ({c.target})" if c.label == "base" else f"target={c.label}", [c]) for c in keep]
     targets = list(dict.fromkeys(c.target for c in curves))
     return [
         (f"target: {t}" if len(targets) > 1 else f"axis: {axis}", [c for c in curves if c.target == t]) for t in targets

@@ -40,7 +40,8 @@ def test_axis_curves_and_panels_never_mix_targets(tmp_path):
         ("kmeans", "kmeans", 2),
     ]
     assert target[2].mean[0] == (5 * 1 + 5 * 2) / 2 and target[2].lo[0] == 5 and target[2].hi[0] == 10
-    assert [len(g) for _, g in charts._panels(target, "target")] == [1, 1, 1], "one panel per target value"
+    panels = charts._panels(target, "target")
+    assert [t for t, _ in panels] == ["target=norm_pixel", "target=kmeans"], "one per value; base = norm_pixel"
     order = charts.axis_curves(_Client(), recs, "order")
     assert [c.label for c in order] == ["base", "spiral"]
     assert [t for t, _ in charts._panels(order, "order")] == ["axis: order"]
