@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipelines import tracking
 from pipelines.sweep import mlflow_view
+from pipelines.sweep.search import make_scheduler
 from pipelines.sweep.spec import SweepSpec, Trial
 
 __all__ = ["SweepPlan", "plan_resources", "open_parent_run", "run_sweep"]
@@ -153,7 +154,60 @@ def _trainable(
     task = ray.remote(_run_trial).options(
         num_cpus=cpus, num_gpus=gpus, max_retries=0, scheduling_strategy=escape, resources=driver_resources
     )
-    ray.tune.report(ray.get(task.remote(trial, parent_run_id, selections)))
+    ref = task.remote(trial, parent_run_id, selections)
+    last = report_progress(ref, trial, parent_run_id)
+    ray.tune.report({**last, **ray.get(ref)})
+
+
+def _progress_metrics(m: dict[str, float]) -> dict[str, float]:
+    return {
+        "step": int(m["train/step"]),
+        "train/loss": m.get("train/loss", float("nan")),
+        "train/images_per_s": m.get("train/images_per_s", float("nan")),
+    }
+
+
+def report_progress(ref, trial: Trial, parent_run_id: str, every: float = 2.0) -> dict[str, float]:
+    """Until the trial's task finishes: report each new step of its child run's MLflow metrics (rank 0 logs
+    them, in-process or from a worker group alike) to Tune, for its progress table and schedulers (ASHA).
+    Returns the last metrics reported (empty without tracking: then Tune sees only the final result)."""
+    import ray
+    import ray.tune
+
+    cfg, last = trial.config, {}
+    if not cfg.tracking.enabled:
+        return last
+    c = tracking.client(tracking.resolve_tracking_uri(cfg.tracking.uri))
+    run_id, step = None, -1
+    while not ray.wait([ref], timeout=every)[0]:
+        try:
+            run_id = run_id or _child_run_id(c, trial, parent_run_id)
+            m = c.get_run(run_id).data.metrics if run_id else {}
+        except Exception:  # noqa: BLE001 - progress is best effort; the final result still comes
+            continue
+        if int(m.get("train/step", -1)) > step:
+            last = _progress_metrics(m)
+            step = last["step"]
+            ray.tune.report(last)
+    return last
+
+
+def _child_run_id(c, trial: Trial, parent_run_id: str) -> str | None:
+    exp = c.get_run(parent_run_id).info.experiment_id
+    filt = f"tags.`mlflow.parentRunId` = '{parent_run_id}' AND tags.trial = '{trial.trial_id}'"
+    found = c.search_runs([exp], filter_string=filt, max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def _close_stopped_runs(results, trials: dict, uri: str, parent: str) -> None:
+    """Trials a scheduler stopped early (no final result) leave their child run RUNNING: mark it KILLED."""
+    c = tracking.client(uri)
+    for r in results:
+        tid = (r.config or {}).get("trial_id")
+        if tid in trials and r.error is None and "run_id" not in (r.metrics or {}):
+            run_id = _child_run_id(c, trials[tid], parent)
+            if run_id and c.get_run(run_id).info.status == "RUNNING":
+                c.set_terminated(run_id, status="KILLED")
 
 
 def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
@@ -195,7 +249,11 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
         tuner = ray.tune.Tuner(
             trainable,
             param_space={"trial_id": tune.grid_search(list(trials))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=plan.max_concurrent,
+                reuse_actors=True,
+                scheduler=make_scheduler(spec.search, max(t.config.schedule.steps for t in plan.trials)),
+            ),
             run_config=ray.tune.RunConfig(
                 name=f"{spec.name}",
                 storage_path=f"{root.rstrip('/')}/sweeps",
@@ -208,5 +266,6 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
 
     with credentials_hidden_from_ray():  # else Tune puts them in every trial's runtime_env (dashboard, State API)
         results = tuner.fit()
+    _close_stopped_runs(results, trials, uri, parent)
     tracking.client(uri).set_terminated(parent, status="FINISHED" if not results.errors else "FAILED")
     return results, uri, parent
