@@ -185,7 +185,8 @@ def report_progress(ref, trial: Trial, parent_run_id: str, every: float = 2.0) -
             m = c.get_run(run_id).data.metrics if run_id else {}
         except Exception:  # noqa: BLE001 - progress is best effort; the final result still comes
             continue
-        if int(m.get("train/step", -1)) > step:
+        # the last step comes with the final result: at max_t ASHA would stop the trial before its probes
+        if step < int(m.get("train/step", -1)) < cfg.schedule.steps:
             last = _progress_metrics(m)
             step = last["step"]
             ray.tune.report(last)
@@ -200,13 +201,14 @@ def _child_run_id(c, trial: Trial, parent_run_id: str) -> str | None:
 
 
 def _close_stopped_runs(results, trials: dict, uri: str, parent: str) -> None:
-    """Trials a scheduler stopped early (no final result) leave their child run RUNNING: mark it KILLED."""
+    """Trials a scheduler stopped early (no final result) leave their child run RUNNING, or FAILED (the
+    driver saw its task cancelled): mark it KILLED."""
     c = tracking.client(uri)
     for r in results:
         tid = (r.config or {}).get("trial_id")
         if tid in trials and r.error is None and "run_id" not in (r.metrics or {}):
             run_id = _child_run_id(c, trials[tid], parent)
-            if run_id and c.get_run(run_id).info.status == "RUNNING":
+            if run_id and c.get_run(run_id).info.status in ("RUNNING", "FAILED"):
                 c.set_terminated(run_id, status="KILLED")
 
 
