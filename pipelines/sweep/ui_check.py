@@ -68,7 +68,8 @@ def mlflow_server(backend_uri: str, timeout: float = 90) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 over `backend_uri`; yields its base URL, stops it afterwards."""
     port = _free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    mlflow = Path(sys.executable).with_name("mlflow")
+    mlflow = Path(sys.executable).with_name("mlflow")  # this environment's, else the one on PATH
+    mlflow = mlflow if mlflow.is_file() else Path(shutil.which("mlflow") or "mlflow")
     cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([*cmd, "--backend-store-uri", backend_uri], env=env, stdout=log, stderr=log)
