@@ -156,7 +156,16 @@ def _trainable(
     )
     ref = task.remote(trial, parent_run_id, selections)
     last = report_progress(ref, trial, parent_run_id)
-    ray.tune.report({**last, **ray.get(ref)})
+    out = ray.get(ref)
+    ray.tune.report({**last, **_final_metrics(trial, out.get("run_id")), **out})
+
+
+def _final_metrics(trial: Trial, run_id: str | None) -> dict[str, float]:
+    """The child run's last logged loss and rate (the polls may have missed the last steps)."""
+    if run_id is None or not trial.config.tracking.enabled:
+        return {}
+    m = tracking.client(tracking.resolve_tracking_uri(trial.config.tracking.uri)).get_run(run_id).data.metrics
+    return _progress_metrics(m) if "train/step" in m else {}
 
 
 def _progress_metrics(m: dict[str, float]) -> dict[str, float]:

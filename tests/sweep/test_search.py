@@ -126,3 +126,6 @@ def test_search_sweep_reports_progress_to_tune_and_asha_decides(ray_local, demo_
         want = "FINISHED" if "run_id" in r.metrics else "KILLED"
         assert status[r.config["trial_id"]] == want, (r.config, r.metrics.get("step"), status)
     assert any("run_id" in r.metrics for r in results), "at least the best trial runs to the end"
+    for r in results:
+        if "run_id" in r.metrics:  # the final result carries the run's last logged loss
+            assert r.metrics["train/loss"] == c.get_run(r.metrics["run_id"]).data.metrics["train/loss"]
