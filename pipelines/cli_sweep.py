@@ -72,6 +72,14 @@ def _print_plan(spec, trials, plan) -> None:
         note = f"same as {tr.duplicate_of}" if tr.duplicate_of else ""
         t.add_row(tr.trial_id, tr.axis, tr.value, str(tr.seed), tr.config.name, str(tr.config.schedule.steps), note)
     console.print(t)
+    if spec.search is not None:
+        sch = spec.search.scheduler
+        how = (
+            "FIFO (every trial runs to the end)"
+            if sch.name == "fifo"
+            else (f"ASHA on train/loss by step (grace {sch.grace_period}, reduction factor {sch.reduction_factor:g})")
+        )
+        console.print(f"search: {spec.search.num_samples} sample(s) (seed {spec.search.seed}); scheduler: {how}")
     console.print(
         f"resources per trial: driver {plan.cpus_per_trial:g} CPU + {plan.workers_per_trial} worker(s) x "
         f"{plan.cpus_per_worker:g} CPU; max_concurrent_trials={plan.max_concurrent}",

@@ -46,12 +46,16 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3.17 opens an experiment without this tag on its GenAI overview; with it, on its training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(c, name: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return c.create_experiment(name)
+        return c.create_experiment(name, tags=EXPERIMENT_KIND)
     except Exception:  # created concurrently by another process
         return c.get_experiment_by_name(name).experiment_id
 

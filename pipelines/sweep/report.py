@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines import tracking
+from pipelines.sweep import charts
 from pipelines.sweep.stats import ALPHA, Summary, summarize, welch_test
 
 __all__ = [
@@ -77,6 +80,7 @@ class Row:
     assignments: dict[str, str] | None = None
     seed: int | None = None  # set on per-run records; None on a row summarised over seeds
     samples: dict[str, list[float]] = field(default_factory=dict)
+    target: str | None = None  # the pre-training target (losses compare only within one); None: mixed
 
     @property
     def n(self) -> int:
@@ -145,6 +149,7 @@ def _records(c, parent: str) -> tuple[dict, list[Row]]:
                 _metric_mean(c, run.info.run_id, "train/images_per_s") if run else None,
                 t.get("assignments"),
                 int(t.get("seed", 0)),
+                target=run.data.tags.get("target") if run else None,
             )
         )
     return plan, rows
@@ -184,9 +189,15 @@ def summarize_rows(records: list[Row], grid: bool = False) -> list[Row]:
                 rs[0].assignments,
                 None,
                 samples,
+                _common_target(rs),
             )
         )
     return out
+
+
+def _common_target(rows: list[Row]) -> str | None:
+    targets = {r.target for r in rows}
+    return targets.pop() if len(targets) == 1 else None
 
 
 def _mean(xs: list[float | None]) -> float | None:
@@ -213,6 +224,7 @@ def _with_marginals(rows: list[Row]) -> list[Row]:
                     _mean([r.images_per_s for r in sub]),
                     None,
                     sub[0].seed if sub else None,
+                    target=_common_target(sub),
                 )
             )
     return out + rows
@@ -411,37 +423,54 @@ def _charts(rows: list[Row], out: Path) -> list[str]:
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
         names.append(name)
-    pts = [r for r in rows if r.run_id and r.final_loss is not None and r.attentive_top1 is not None]
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    ax.errorbar(
-        [r.final_loss for r in pts],
-        [r.attentive_top1 for r in pts],
-        fmt="o",
-        xerr=[r.stat("final_loss").std or 0 for r in pts],
-        yerr=[r.stat("attentive_top1").std or 0 for r in pts],
-    )
-    for r in pts:
-        ax.annotate(
-            r.value if r.axis == "grid" else f"{r.axis}={r.value}", (r.final_loss, r.attentive_top1), fontsize=6
-        )
-    ax.set_xlabel("final pre-training loss")
-    ax.set_ylabel("attentive top-1 (%)")
-    fig.tight_layout()
-    fig.savefig(out / "loss_vs_attentive.png", dpi=100)
-    plt.close(fig)
-    return names + ["loss_vs_attentive.png"]
+    return names
+
+
+def _loss_charts(c, records: list[Row], rows: list[Row], out: Path) -> list[str]:
+    """Overlaid loss curves per axis (grid sweeps: per cell) and loss against attentive top-1 per target."""
+    names = []
+    grid = any(r.axis == "grid" for r in records)
+    for axis in ["grid"] if grid else dict.fromkeys(r.axis for r in records if r.axis != "base"):
+        curves = charts.axis_curves(c, records, axis)
+        if any(cv.steps for cv in curves):
+            names.append(charts.loss_curve_chart(curves, axis, out / f"loss_{axis}.png").name)
+    scatter = charts.loss_vs_attentive_chart(rows, out / "loss_vs_attentive.png")
+    return names + ([scatter.name] if scatter else [])
 
 
 def write_report(uri: str, name_or_id: str, out: Path, experiment: str | None = None) -> tuple[list[Row], Path]:
     """Write report.md / report.html / PNGs into `out` and log them on the sweep's parent run."""
     c = tracking.client(uri)
     parent = _find_parent(c, name_or_id, experiment)
-    rows = collect_rows(c, parent)
+    plan, records = _records(c, parent)
+    rows = summarize_rows(records, grid=plan.get("mode") == "grid")
     title = f"AIM ablations: {c.get_run(parent).info.run_name}"
     out.mkdir(parents=True, exist_ok=True)
-    charts = _charts(rows, out)
+    names = _charts(rows, out) + _loss_charts(c, records, rows, out)
     (out / "report.md").write_text(to_markdown(title, rows))
-    (out / "report.html").write_text(to_html(title, rows, charts))
-    for name in ["report.md", "report.html", *charts]:
+    (out / "report.html").write_text(to_html(title, rows, names))
+    for name in ["report.md", "report.html", *names]:
         c.log_artifact(parent, str(out / name), artifact_path="report")
+    log_summary_metrics(c, parent, rows)
     return rows, out
+
+
+def summary_metrics(rows: list[Row]) -> dict[str, float]:
+    """The table's key numbers (means over seeds) as 'summary/<axis>:<value>:<metric>': one chart section."""
+    out = {}
+    for r in rows:
+        for m in ("final_loss", "linear_top1", "attentive_top1"):
+            v = getattr(r, m)
+            if v is not None:
+                out[re.sub(r"[^\w./: -]+", "_", f"summary/{r.axis}:{r.value}:{m}")] = float(v)
+    return out
+
+
+def log_summary_metrics(c, parent: str, rows: list[Row]) -> None:
+    """Key numbers on the sweep's parent run (one batch; a rerun of the report logs them again)."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    items = [Metric(k, v, ts, 0) for k, v in summary_metrics(rows).items()]
+    for i in range(0, len(items), 1000):
+        c.log_batch(parent, metrics=items[i : i + 1000])

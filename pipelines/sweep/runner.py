@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines import tracking
+from pipelines.sweep import mlflow_view
+from pipelines.sweep.search import make_scheduler
 from pipelines.sweep.spec import SweepSpec, Trial
 
 __all__ = ["SweepPlan", "plan_resources", "open_parent_run", "run_sweep"]
@@ -89,7 +91,15 @@ def open_parent_run(spec: SweepSpec, trials: list[Trial]) -> tuple[str, str]:
         path = Path(tmp) / "plan.json"
         path.write_text(json.dumps(plan, indent=1))
         c.log_artifact(run_id, str(path))
+    _write_views(c, spec, run_id)
     return uri, run_id
+
+
+def _write_views(c, spec: SweepSpec, run_id: str) -> None:
+    """MLflow chart views of the sweep (experiment tags) and links to them in the parent run's note."""
+    exp_id = c.get_run(run_id).info.experiment_id
+    keys = mlflow_view.write_sweep_views(c, exp_id, spec.name, list(spec.axes), run_id)
+    c.set_tag(run_id, "mlflow.note.content", mlflow_view.views_markdown(exp_id, keys))
 
 
 def _run_trial(trial: Trial, parent_run_id: str, selections: dict) -> dict:
@@ -144,7 +154,71 @@ def _trainable(
     task = ray.remote(_run_trial).options(
         num_cpus=cpus, num_gpus=gpus, max_retries=0, scheduling_strategy=escape, resources=driver_resources
     )
-    ray.tune.report(ray.get(task.remote(trial, parent_run_id, selections)))
+    ref = task.remote(trial, parent_run_id, selections)
+    last = report_progress(ref, trial, parent_run_id)
+    out = ray.get(ref)
+    ray.tune.report({**last, **_final_metrics(trial, out.get("run_id")), **out})
+
+
+def _final_metrics(trial: Trial, run_id: str | None) -> dict[str, float]:
+    """The child run's last logged loss and rate (the polls may have missed the last steps)."""
+    if run_id is None or not trial.config.tracking.enabled:
+        return {}
+    m = tracking.client(tracking.resolve_tracking_uri(trial.config.tracking.uri)).get_run(run_id).data.metrics
+    return _progress_metrics(m) if "train/step" in m else {}
+
+
+def _progress_metrics(m: dict[str, float]) -> dict[str, float]:
+    return {
+        "step": int(m["train/step"]),
+        "train/loss": m.get("train/loss", float("nan")),
+        "train/images_per_s": m.get("train/images_per_s", float("nan")),
+    }
+
+
+def report_progress(ref, trial: Trial, parent_run_id: str, every: float = 2.0) -> dict[str, float]:
+    """Until the trial's task finishes: report each new step of its child run's MLflow metrics (rank 0 logs
+    them, in-process or from a worker group alike) to Tune, for its progress table and schedulers (ASHA).
+    Returns the last metrics reported (empty without tracking: then Tune sees only the final result)."""
+    import ray
+    import ray.tune
+
+    cfg, last = trial.config, {}
+    if not cfg.tracking.enabled:
+        return last
+    c = tracking.client(tracking.resolve_tracking_uri(cfg.tracking.uri))
+    run_id, step = None, -1
+    while not ray.wait([ref], timeout=every)[0]:
+        try:
+            run_id = run_id or _child_run_id(c, trial, parent_run_id)
+            m = c.get_run(run_id).data.metrics if run_id else {}
+        except Exception:  # noqa: BLE001 - progress is best effort; the final result still comes
+            continue
+        # the last step comes with the final result: at max_t ASHA would stop the trial before its probes
+        if step < int(m.get("train/step", -1)) < cfg.schedule.steps:
+            last = _progress_metrics(m)
+            step = last["step"]
+            ray.tune.report(last)
+    return last
+
+
+def _child_run_id(c, trial: Trial, parent_run_id: str) -> str | None:
+    exp = c.get_run(parent_run_id).info.experiment_id
+    filt = f"tags.`mlflow.parentRunId` = '{parent_run_id}' AND tags.trial = '{trial.trial_id}'"
+    found = c.search_runs([exp], filter_string=filt, max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def _close_stopped_runs(results, trials: dict, uri: str, parent: str) -> None:
+    """Trials a scheduler stopped early (no final result) leave their child run RUNNING, or FAILED (the
+    driver saw its task cancelled): mark it KILLED."""
+    c = tracking.client(uri)
+    for r in results:
+        tid = (r.config or {}).get("trial_id")
+        if tid in trials and r.error is None and "run_id" not in (r.metrics or {}):
+            run_id = _child_run_id(c, trials[tid], parent)
+            if run_id and c.get_run(run_id).info.status in ("RUNNING", "FAILED"):
+                c.set_terminated(run_id, status="KILLED")
 
 
 def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
@@ -186,7 +260,11 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
         tuner = ray.tune.Tuner(
             trainable,
             param_space={"trial_id": tune.grid_search(list(trials))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=plan.max_concurrent, reuse_actors=True),
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=plan.max_concurrent,
+                reuse_actors=True,
+                scheduler=make_scheduler(spec.search, max(t.config.schedule.steps for t in plan.trials)),
+            ),
             run_config=ray.tune.RunConfig(
                 name=f"{spec.name}",
                 storage_path=f"{root.rstrip('/')}/sweeps",
@@ -199,5 +277,6 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
 
     with credentials_hidden_from_ray():  # else Tune puts them in every trial's runtime_env (dashboard, State API)
         results = tuner.fit()
+    _close_stopped_runs(results, trials, uri, parent)
     tracking.client(uri).set_terminated(parent, status="FINISHED" if not results.errors else "FAILED")
     return results, uri, parent

@@ -32,6 +32,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.config import ConfigError, ExperimentConfig, apply_overrides, parse_experiment
+from pipelines.sweep.mlflow_view import IN_AXES_TAG, in_axes_tag
+from pipelines.sweep.search import SearchSpec, sample_values
 
 __all__ = ["SweepSpec", "Trial", "base_seed", "load_sweep", "plan_trials"]
 
@@ -49,9 +51,10 @@ class SweepSpec(BaseModel):
     name: str = Field(..., min_length=1)
     base: str | None = None
     experiment: dict | None = None
-    mode: Literal["grid", "one_at_a_time"] = "one_at_a_time"
+    mode: Literal["grid", "one_at_a_time", "search"] = "one_at_a_time"
     set: Overrides = Field(default_factory=dict)
-    axes: dict[str, dict[str, Overrides]]
+    axes: dict[str, dict[str, Overrides]] = Field(default_factory=dict)
+    search: SearchSpec | None = Field(None, description="mode: search only: continuous ranges, samples, ASHA")
     resources: SweepResources = Field(default_factory=SweepResources)
     seeds: list[int] | None = Field(None, description="run every trial once per seed (the experiment's `seed`)")
 
@@ -72,8 +75,6 @@ class SweepSpec(BaseModel):
     @field_validator("axes")
     @classmethod
     def _axes(cls, v: dict[str, dict[str, Overrides]]) -> dict[str, dict[str, Overrides]]:
-        if not v:
-            raise ValueError("at least one axis is needed")
         for axis, values in v.items():
             if not values:
                 raise ValueError(f"axis {axis!r} has no values")
@@ -86,6 +87,15 @@ class SweepSpec(BaseModel):
     def _one_source(self) -> SweepSpec:
         if (self.base is None) == (self.experiment is None):
             raise ValueError("give exactly one of `base` (a YAML path) or `experiment` (an inline mapping)")
+        if self.mode == "search":
+            if self.search is None:
+                raise ValueError("mode: search needs a `search:` section (params, num_samples)")
+            if self.axes:
+                raise ValueError("mode: search samples `search.params`; give no `axes`")
+        elif self.search is not None:
+            raise ValueError(f"`search:` is for mode: search (this sweep's mode is {self.mode})")
+        elif not self.axes:
+            raise ValueError("axes: at least one axis is needed")
         return self
 
 
@@ -135,19 +145,23 @@ def _trial(
     value: str,
     seed: int | None = None,
     base_seed: int = 0,
+    sampled: Overrides | None = None,
+    name: str | None = None,
 ) -> Trial:
     """One planned trial; `seed` None (a sweep without `seeds`) leaves the experiment's seed alone."""
     sets = _flat_sets(spec.set)
     for ax, val in assignments.items():
         sets += _flat_sets(spec.axes[ax][val])
+    sets += _flat_sets(sampled or {})
     if seed is not None:
         sets.append(f"seed={seed}")
-    tid = (",".join(f"{a}={v}" for a, v in assignments.items()) or "base") + _seed_suffix(seed, base_seed)
+    tid = (name or ",".join(f"{a}={v}" for a, v in assignments.items()) or "base") + _seed_suffix(seed, base_seed)
     data = apply_overrides(json.loads(json.dumps(base)), sets)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", tid)
     digest = hashlib.sha1(tid.encode()).hexdigest()[:6]
     data["name"] = f"{spec.name}-{safe}-{digest}"[:120]
     data.setdefault("tags", {}).update({"sweep": spec.name, "axis": axis, "value": value, "trial": tid})
+    data["tags"][IN_AXES_TAG] = in_axes_tag(axis, list(spec.axes))  # MLflow's per-axis chart views
     if seed is not None:
         data["tags"]["seed"] = str(seed)
     cfg = parse_experiment(data, f"{source} (trial {tid})")
@@ -161,7 +175,13 @@ def base_seed(spec: SweepSpec, base: dict) -> int:
 
 
 def _plan_one_seed(spec: SweepSpec, source: Path, base: dict, seed: int | None, bseed: int) -> list[Trial]:
-    """Grid: the product of all axes. One-at-a-time: the base, then each axis value alone."""
+    """Grid: the product of all axes. One-at-a-time: the base, then each axis value alone. Search: the
+    samples, drawn once at planning (seeded), so a rerun or `--resume` plans the same trials."""
+    if spec.mode == "search":
+        return [
+            _trial(spec, source, base, {}, "search", value, seed, bseed, overrides, f"sample={i:02d}")
+            for i, (value, overrides) in enumerate(sample_values(spec.search))
+        ]
     if spec.mode == "grid":
         names = list(spec.axes)
         return [
