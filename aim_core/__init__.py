@@ -4,9 +4,10 @@ Imports only torch, timm, numpy and the standard library.
 """
 
 from aim_core.dvae import DVAE, train_dvae
+from aim_core.flex import ATTN_IMPLS
 from aim_core.heads import HEADS
 from aim_core.kmeans import assign_clusters, fit_kmeans, load_codebook, save_codebook
-from aim_core.masks import ATTENTION_MODES, loss_positions, may_attend, sample_prefix_len
+from aim_core.masks import ATTENTION_MODES, PRETRAIN_ATTENTION, loss_positions, may_attend, sample_prefix_len
 from aim_core.model import AIM, LossOutput, build_model
 from aim_core.orders import ORDERS, Order, make_order
 from aim_core.patches import normalize_patches, patchify, unpatchify
@@ -18,6 +19,7 @@ __all__ = [
     "AIM",
     "AIMConfig",
     "ATTENTION_MODES",
+    "ATTN_IMPLS",
     "AttentiveProbe",
     "DVAE",
     "HEADS",
@@ -26,6 +28,7 @@ __all__ = [
     "ORDERS",
     "Order",
     "PRESETS",
+    "PRETRAIN_ATTENTION",
     "TARGETS",
     "assign_clusters",
     "build_model",

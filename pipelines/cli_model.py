@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
-from pipelines.cli_common import fail
+from pipelines.cli_common import fail, load_or_exit
 
 app = typer.Typer(
     help="Inspect AIM model presets (sizes, FLOPs); import / export Apple's published AIM weights.",
@@ -34,8 +35,16 @@ def _parse_sets(items: list[str]) -> dict:
 
 @app.command("info")
 def info(
-    preset: str = typer.Argument(..., help="preset name, e.g. aim-600m or aim-tiny"),
-    set_: list[str] = typer.Option([], "--set", help="override a model field, e.g. --set depth=12"),
+    preset: str = typer.Argument(None, help="preset name, e.g. aim-600m or aim-tiny (or give --experiment)"),
+    experiment: Path = typer.Option(
+        None,
+        "--experiment",
+        "-e",
+        help="an experiment YAML: the model its runs train (the preset, then its model and target sections)",
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="override a model field, e.g. --set depth=12 (with --experiment: model.depth=12)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Parameter counts (trunk, head) and FLOPs per image, computed on the meta device."""
@@ -43,11 +52,18 @@ def info(
 
     import torch
 
-    from aim_core import build_model
+    from aim_core import AIM, resolve_config
 
+    if (preset is None) == (experiment is None):
+        fail("give a preset or --experiment YAML (one of them)")
+    if experiment is not None:  # the same resolution as a pipeline run: ExperimentConfig.model_overrides()
+        cfg = load_or_exit(experiment, set_)
+        preset, overrides = cfg.model.preset, cfg.model_overrides()
+    else:
+        overrides = _parse_sets(set_)
     try:
         with torch.device("meta"):
-            model = build_model(preset, **_parse_sets(set_))
+            model = AIM(resolve_config(preset, **overrides))
     except (ValueError, TypeError) as e:
         fail(str(e))
     counts, flops = model.param_counts(), model.flops_per_image()

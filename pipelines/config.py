@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aim_core import ATTN_IMPLS, HEADS, ORDERS, PRESETS, PRETRAIN_ATTENTION, TARGETS, AIMConfig, resolve_config
 from pipelines.data.config import DataConfig, storage_uri
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_experiment", "apply_overrides", "flatten", "Strict"]
@@ -41,20 +42,19 @@ class ModelSection(Strict):
         gt=0,
         description="LayerNorm eps (default 1e-6 as in ml-aim; 1e-5 for checkpoints trained before the change)",
     )
-    head: Literal["none", "mlp", "transformer"] | None = None
+    # The allowed names come from aim_core's registries (Literal[tuple] == Literal[*tuple]).
+    head: Literal[HEADS] | None = None
     head_width: int | None = Field(None, gt=0)
     head_depth: int | None = Field(None, ge=0)
     head_num_heads: int | None = Field(None, gt=0)
-    attention: Literal["causal", "prefix"] | None = None
-    order: Literal["raster", "spiral", "checkerboard", "random"] | None = None
+    attention: Literal[PRETRAIN_ATTENTION] | None = None
+    order: Literal[ORDERS] | None = None
     order_seed: int | None = None
-    attn_impl: Literal["auto", "sdpa", "flex"] | None = None
+    attn_impl: Literal[ATTN_IMPLS] | None = None
 
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, v: str) -> str:
-        from aim_core.presets import PRESETS
-
         if v not in PRESETS:
             raise ValueError(f"unknown preset {v!r}; choose one of {', '.join(PRESETS)}")
         return v
@@ -64,13 +64,21 @@ class ModelSection(Strict):
 
 
 class TargetSection(Strict):
-    """Prediction target. kmeans/dvae fit their codebook/tokenizer on `fit_images` training images."""
+    """Prediction target. kmeans/dvae fit their codebook/tokenizer on `fit_images` training images.
 
-    name: Literal["pixel", "norm_pixel", "kmeans", "dvae"] = "norm_pixel"
-    num_clusters: int = Field(512, ge=2)
-    dvae_vocab: int = Field(512, ge=2)
+    `name`, `num_clusters` and `dvae_vocab` left unset take the preset's values (`aim_core.PRESETS`);
+    set, they override it, exactly as the model section's fields do."""
+
+    name: Literal[TARGETS] | None = Field(None, description="default: the preset's target")
+    num_clusters: int | None = Field(None, ge=2, description="kmeans codebook size; default: the preset's")
+    dvae_vocab: int | None = Field(None, ge=2, description="dVAE vocabulary; default: the preset's")
     fit_images: int = Field(2048, ge=16)
     fit_steps: int = Field(300, ge=1, description="k-means iterations or dVAE training steps")
+
+    def overrides(self) -> dict[str, Any]:
+        """The AIMConfig fields this section sets (only those given)."""
+        fields = {"target": self.name, "num_clusters": self.num_clusters, "dvae_vocab": self.dvae_vocab}
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 class OptimSection(Strict):
@@ -221,17 +229,14 @@ class ExperimentConfig(Strict):
             )
         return self
 
-    def aim_config(self):
-        from aim_core.presets import resolve_config
+    def aim_config(self) -> AIMConfig:
+        """The model this experiment trains: the preset, then the fields the model and target sections set.
+        `aimctl model info` resolves through the same `model_overrides` + `resolve_config`."""
+        return resolve_config(self.model.preset, **self.model_overrides())
 
-        t = self.target
-        return resolve_config(
-            self.model.preset,
-            target=t.name,
-            num_clusters=t.num_clusters,
-            dvae_vocab=t.dvae_vocab,
-            **self.model.overrides(),
-        )
+    def model_overrides(self) -> dict[str, Any]:
+        """AIMConfig fields set by the YAML (model and target sections); everything else is the preset's."""
+        return {**self.model.overrides(), **self.target.overrides()}
 
     @property
     def run_name(self) -> str:

@@ -87,7 +87,7 @@ def _open_run(cfg: ExperimentConfig, parent_run_id: str | None, extra_tags: dict
     tags = {
         "git_commit": tracking.git_commit(Path(__file__).parent),
         "preset": cfg.model.preset,
-        "target": cfg.target.name,
+        "target": cfg.aim_config().target,
         "attention": cfg.aim_config().attention,
         "order": cfg.aim_config().order,
         "head": cfg.aim_config().head,
@@ -135,7 +135,7 @@ def _progress(uri: str | None, run_id: str | None, total: int, stop: threading.E
 
 
 def _fit_target(cfg: ExperimentConfig, plan) -> bytes | None:
-    if cfg.target.name not in ("kmeans", "dvae"):
+    if cfg.aim_config().target not in ("kmeans", "dvae"):
         return None
     from aim_core import AIM
     from pipelines.train.target_fit import fit_target_state
