@@ -16,21 +16,13 @@ app = typer.Typer(
 
 
 def _parse_sets(items: list[str]) -> dict:
-    import yaml
+    """Model fields from `--set depth=12` (the experiments' parser, so values are typed the same)."""
+    from pipelines.config_io import ConfigError, apply_overrides
 
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            fail(f"--set {item!r}: expected KEY=VALUE, e.g. depth=12")
-        value = yaml.safe_load(raw)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string: norm_eps=1e-5
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        out[key] = value
-    return out
+    try:
+        return apply_overrides({}, items)
+    except ConfigError as e:
+        fail(str(e))
 
 
 @app.command("info")

@@ -10,17 +10,13 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aim_core import ATTN_IMPLS, HEADS, ORDERS, PRESETS, PRETRAIN_ATTENTION, TARGETS, AIMConfig, resolve_config
+from pipelines.config_io import ConfigError, apply_overrides, read_mapping, validate
 from pipelines.data.config import DataConfig, storage_uri
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_experiment", "apply_overrides", "flatten", "Strict"]
-
-
-class ConfigError(ValueError):
-    """A config problem, phrased as one line naming the file and field."""
 
 
 class Strict(BaseModel):
@@ -243,38 +239,6 @@ class ExperimentConfig(Strict):
         return self.name
 
 
-def _parse_value(raw: str) -> Any:
-    return yaml.safe_load(raw) if raw != "" else ""
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings (YAML-typed values) onto a nested dict."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=5e-4")
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p} is not a section")
-        node[parts[-1]] = _parse_value(raw)
-    return data
-
-
-def _format_error(source: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling)"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    if re.match(r"(model|optim|scaling|probe)\.[a-z_]+: ", msg):  # a cross-field check names its field first
-        loc, _, msg = msg.partition(": ")
-    return f"{source}: {loc}: {msg}{more}"
-
-
 def _absolute(uri: str | None) -> str | None:
     """Local relative paths are taken from the working directory at load time and made absolute, so Ray
     workers and Tune trials (which run elsewhere) see the same files. URIs with a scheme are kept."""
@@ -298,24 +262,12 @@ def absolutize(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def parse_experiment(data: dict, source: str = "<config>") -> ExperimentConfig:
-    try:
-        return absolutize(ExperimentConfig.model_validate(data))
-    except ValidationError as e:
-        raise ConfigError(_format_error(source, e)) from None
+    return absolutize(validate(ExperimentConfig, data, source))
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read, override and validate an experiment YAML; raises ConfigError (one line) on any problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such experiment file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return parse_experiment(apply_overrides(data, overrides or []), str(path))
+    return parse_experiment(apply_overrides(read_mapping(path), overrides or []), str(path))
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

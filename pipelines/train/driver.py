@@ -14,6 +14,7 @@ import yaml
 
 from pipelines import tracking
 from pipelines.config import ExperimentConfig, flatten
+from pipelines.data.raytools import init_ray
 from pipelines.train.checkpoint import LOCAL_PREFIX, META_FILE, checkpoint_complete, read_state
 from pipelines.train.checkpoint import run_storage as _storage  # the driver's short name
 from pipelines.train.loop import LoopArgs, LoopHooks, TrainingError, train_loop_per_worker
@@ -209,28 +210,6 @@ def _log_skipped(uri: str, run_id: str, quality: dict, step: int) -> None:
     log.flush()
     if quality["by_shard"]:
         c.log_dict(run_id, quality, "data_quality.json")
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address` / $RAY_ADDRESS, or start a local Ray (quiet, no usage stats)."""
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:  # the dashboard (127.0.0.1) serves the State API that Ray Train polls; without it, warnings
-        ray.init(
-            num_cpus=num_cpus,
-            dashboard_host="127.0.0.1",
-            _node_ip_address="127.0.0.1",
-            log_to_driver=True,
-            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
-        )
 
 
 def quiet_data() -> None:
