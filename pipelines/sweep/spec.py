@@ -103,7 +103,8 @@ class Trial:
     def fingerprint(self) -> str:
         """What the trial computes: the config without its name/tags, with the *resolved* model (so
         `head: mlp` on a preset whose head is already mlp is the same trial)."""
-        data = self.config.model_dump(mode="json", exclude={"name", "tags"})
+        in_model = dict.fromkeys(("name", "num_clusters", "dvae_vocab"), True)  # resolved into the model below
+        data = self.config.model_dump(mode="json", exclude={"name": True, "tags": True, "target": in_model})
         data["model"] = dataclasses.asdict(self.config.aim_config())
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
