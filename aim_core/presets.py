@@ -103,7 +103,8 @@ PRESETS: dict[str, AIMConfig] = {
     "aim-1b": AIMConfig(width=2048, depth=24, num_heads=16, **_PAPER_HEAD),
     "aim-3b": AIMConfig(width=3072, depth=24, num_heads=24, **_PAPER_HEAD),
     "aim-7b": AIMConfig(width=4096, depth=32, num_heads=32, **_PAPER_HEAD),
-    # Small presets for CPU work: 32 px images (CIFAR-10), patch 4 -> 64 patches.
+    # Small presets for CPU work, patch 4: aim-test 16 px -> 16 patches (tests); aim-tiny and aim-small
+    # 32 px (CIFAR-10) -> 64 patches.
     "aim-test": AIMConfig(
         img_size=16,
         patch_size=4,
