@@ -13,7 +13,7 @@ from aim_core.orders import ORDERS, Order, make_order
 from aim_core.patches import normalize_patches, patchify, unpatchify
 from aim_core.presets import PRESETS, AIMConfig, resolve_config
 from aim_core.probes import AttentiveProbe, LinearProbe
-from aim_core.targets import TARGETS, build_target
+from aim_core.targets import TARGET_TYPES, TARGETS, build_target
 
 __all__ = [
     "AIM",
@@ -30,6 +30,7 @@ __all__ = [
     "PRESETS",
     "PRETRAIN_ATTENTION",
     "TARGETS",
+    "TARGET_TYPES",
     "assign_clusters",
     "build_model",
     "build_target",

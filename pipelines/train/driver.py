@@ -136,10 +136,11 @@ def _progress(uri: str | None, run_id: str | None, total: int, stop: threading.E
 
 
 def _fit_target(cfg: ExperimentConfig, plan) -> bytes | None:
-    if cfg.aim_config().target not in ("kmeans", "dvae"):
-        return None
-    from aim_core import AIM
+    from aim_core import AIM, TARGET_TYPES
     from pipelines.train.target_fit import fit_target_state
+
+    if not TARGET_TYPES[cfg.aim_config().target].needs_fit:
+        return None
 
     batch = plan.dataset().take_batch(cfg.target.fit_images, batch_format="numpy")["image"]
     return fit_target_state(AIM(cfg.aim_config()), torch.tensor(batch), cfg.target.fit_steps, cfg.seed)
