@@ -245,8 +245,6 @@ def pretrain(
     """Run (or resume) pre-training for `cfg`. Rerunning the same config continues from the latest checkpoint.
 
     `hooks` (picklable; default: none) is handed to every worker's loop (see `LoopHooks`)."""
-    import ray
-
     from pipelines.train.feed import check_resumable
 
     init_ray()
@@ -258,10 +256,19 @@ def pretrain(
     uri, run_id, logged = _open_run(cfg, parent_run_id, extra_tags or {})
     plan, epoch_slots = _plan(cfg)
     target_state = None if ckpt else _fit_target(cfg, plan)
+    args = _loop_args(cfg, plan, epoch_slots, ckpt, run_id, uri, logged, stop_after, target_state, hooks)
+    result = _fit(cfg, args, callbacks, uri, run_id, show_progress)
+    return _finish(cfg, result, plan, uri, run_id, resumed_from)
+
+
+def _loop_args(cfg, plan, epoch_slots, ckpt, run_id, uri, logged, stop_after, target_state, hooks) -> LoopArgs:
+    """What every worker's loop receives (the stream plan goes through Ray's object store once)."""
+    import ray
+
     extra = {"epoch_samples": epoch_slots}
     if cfg.scaling.num_workers == 0:  # in-process: the loop resumes and persists its checkpoints itself
         extra.update(local=True, resume_from=ckpt)
-    args = LoopArgs(
+    return LoopArgs(
         experiment=cfg.model_dump(mode="json"),
         run_id=run_id,
         tracking_uri=uri,
@@ -272,6 +279,10 @@ def pretrain(
         stream=ray.put(plan),
         hooks=hooks or LoopHooks(),
     )
+
+
+def _fit(cfg: ExperimentConfig, args: LoopArgs, callbacks, uri, run_id, show_progress: bool):
+    """Ray Train's fit with the driver's progress bar beside it; the MLflow run is FAILED if it raises."""
     stop = threading.Event()
     start = (
         "starting the data pipeline..."
@@ -282,7 +293,7 @@ def pretrain(
     if show_progress:
         bar.start()
     try:
-        result = _trainer(cfg, args, callbacks).fit()
+        return _trainer(cfg, args, callbacks).fit()
     except BaseException:
         if run_id:
             tracking.client(uri).set_terminated(run_id, status="FAILED")
@@ -291,6 +302,10 @@ def pretrain(
         stop.set()
         if bar.is_alive():
             bar.join(timeout=5)
+
+
+def _finish(cfg: ExperimentConfig, result, plan, uri, run_id, resumed_from: int) -> PretrainResult:
+    """The run's outcome: its last checkpoint and step, data quality and outputs logged, the MLflow run closed."""
     if cfg.scaling.num_workers == 0:
         ckpt_path, meta = latest_checkpoint(cfg)
         step = int(meta.get("step", resumed_from))
