@@ -125,8 +125,8 @@ def import_(
         "e.g. aim_600m_2bimgs_attnprobe_head_best_layers.pth",
     ),
 ) -> None:
-    from pipelines.data.storage import StorageError
     from pipelines.model_io import CheckpointError, import_ml_aim
+    from pipelines.storage import StorageError
 
     try:
         res = import_ml_aim(src, out, preset=preset, head=head)
@@ -151,8 +151,8 @@ def export(
         help="also write the attentive probe head that an imported checkpoint kept, as Apple's head file",
     ),
 ) -> None:
-    from pipelines.data.storage import StorageError
     from pipelines.model_io import CheckpointError, export_ml_aim
+    from pipelines.storage import StorageError
 
     if fmt != "ml-aim":
         fail(f"--format {fmt!r}: only ml-aim is supported")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from aim_core import ATTN_IMPLS, HEADS, ORDERS, PRESETS, PRETRAIN_ATTENTION, TARGETS, AIMConfig, resolve_config
 from pipelines.config_io import ConfigError, apply_overrides, read_mapping, validate
-from pipelines.data.config import DataConfig, storage_uri
+from pipelines.data.config import DataConfig, S3Config, storage_uri
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_experiment", "apply_overrides", "flatten", "Strict"]
 
@@ -129,6 +129,10 @@ class ScalingSection(Strict):
 class StorageSection(Strict):
     path: str = Field("runs", description="local directory or s3://bucket/prefix for checkpoints")
     _path = field_validator("path")(storage_uri)
+    s3: S3Config = Field(
+        default_factory=S3Config,
+        description="S3 endpoint of `path` (checkpoints, run outputs); not given: the data section's data.s3",
+    )
     checkpoint_every: int = Field(100, gt=0)
     keep: int = Field(2, gt=0)
     sharded: Literal["auto"] | bool = Field(
@@ -202,6 +206,18 @@ class ExperimentConfig(Strict):
         if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
             raise ValueError("use letters, digits, '.', '_' or '-' only")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_endpoint_by_default(cls, data: Any) -> Any:
+        """Without `storage.s3`, checkpoints use the data's endpoint (one MinIO / S3 for both), copied here at
+        load time: what reads or writes checkpoints reads `storage.s3` only."""
+        if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
+            return data
+        storage, s3 = data.get("storage"), data["data"].get("s3")
+        if isinstance(s3, dict) and (storage is None or (isinstance(storage, dict) and "s3" not in storage)):
+            data = {**data, "storage": {**(storage or {}), "s3": s3}}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:

@@ -82,3 +82,22 @@ def test_model_info_preset_matches_an_experiment_with_the_same_words(tmp_path):
     from_preset = _info("aim-tiny", "--set", "target=kmeans")
     assert from_preset == _info("--experiment", _write(tmp_path, target={"name": "kmeans"}))
     assert from_preset["num_clusters"] == aim_core.PRESETS["aim-tiny"].num_clusters
+
+
+def test_checkpoints_take_their_s3_settings_from_storage(tmp_path):
+    """storage.s3 defaults to the data's endpoint (copied at load); given, it is the checkpoints' own."""
+    from pipelines.config import parse_experiment
+
+    base = {"name": "s3", "data": {"pool": {"uri": "p"}, "curated": {"uri": "c"}}}
+    same = parse_experiment({**base, "data": {**base["data"], "s3": {"endpoint_url": "http://127.0.0.1:9000"}}})
+    assert same.storage.s3 == same.data.s3
+    own = parse_experiment(
+        {
+            **base,
+            "data": {**base["data"], "s3": {"endpoint_url": "http://127.0.0.1:9000"}},
+            "storage": {"s3": {"endpoint_url": "http://127.0.0.1:9100"}},
+        }
+    )
+    assert own.storage.s3.endpoint_url == "http://127.0.0.1:9100" and own.data.s3.endpoint_url.endswith(":9000")
+    assert parse_experiment(own.model_dump(mode="json")) == own  # what the workers rebuild
+    assert parse_experiment(base).storage.s3.endpoint_url is None

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 
-from pipelines.data import storage
+from pipelines import storage
 from pipelines.data.config import DataConfig
 from pipelines.data.quality import REASONS
 
