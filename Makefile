@@ -1,4 +1,4 @@
-# The two entry points: `make demo` and `make test`. Each creates or reuses .venv itself.
+# The two entry points: `make demo` and `make test` (`make docs` regenerates README's tables). Each creates or reuses .venv itself.
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test docs clean
 
 venv: $(STAMP)
 
@@ -27,9 +27,15 @@ demo: venv
 	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/demo/mlflow.db --host 127.0.0.1 --port 5000"
 
 test: venv
+	bash scripts/install_browser.sh  # headless Chromium for the `browser` tests (a no-op when one is installed)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m scripts.docs --check
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# README's generated regions (<!-- BEGIN generated: NAME -->) from the JSON under docs/results/
+docs: venv
+	$(PY) -m scripts.docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,7 +9,10 @@ import functools
 
 import torch
 
-__all__ = ["flex_available", "prefix_block_mask", "flex_attention"]
+__all__ = ["ATTN_IMPLS", "flex_available", "prefix_block_mask", "flex_attention"]
+
+# How attention is computed: auto (FlexAttention on CUDA for causal/prefix, else SDPA) | sdpa | flex.
+ATTN_IMPLS = ("auto", "sdpa", "flex")
 
 
 def flex_available(device: torch.device) -> bool:

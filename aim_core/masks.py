@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ATTENTION_MODES", "sample_prefix_len", "may_attend", "loss_positions"]
+__all__ = ["ATTENTION_MODES", "PRETRAIN_ATTENTION", "sample_prefix_len", "may_attend", "loss_positions"]
 
 ATTENTION_MODES = ("causal", "prefix", "bidirectional")
+# The modes a model is pre-trained in (bidirectional is for features and probes only).
+PRETRAIN_ATTENTION = ("causal", "prefix")
 
 
 def sample_prefix_len(

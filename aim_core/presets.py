@@ -5,6 +5,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from aim_core.flex import ATTN_IMPLS
+from aim_core.heads import HEADS
+from aim_core.masks import ATTENTION_MODES
+from aim_core.orders import ORDERS
+from aim_core.targets import TARGETS
+
 __all__ = ["AIMConfig", "PRESETS", "resolve_config"]
 
 
@@ -22,19 +28,25 @@ class AIMConfig:
     # (`LayerNorm = partial(nn.LayerNorm, eps=1e-6)`), so its published weights load unchanged. A deliberate
     # change from torch's default 1e-5, used here before: set 1e-5 to reproduce checkpoints trained then.
     norm_eps: float = 1e-6
-    head: str = "mlp"  # none | mlp | transformer
+    head: str = "mlp"  # one of aim_core.HEADS
     head_width: int = 2048
     head_depth: int = 12
     head_mlp_ratio: float = 4.0
     head_num_heads: int = 16  # transformer head only
-    target: str = "norm_pixel"  # pixel | norm_pixel | kmeans | dvae
+    target: str = "norm_pixel"  # one of aim_core.TARGETS
     num_clusters: int = 512  # kmeans target (paper's value unknown)
     dvae_vocab: int = 512  # dvae target (paper's value unknown)
     norm_pix_eps: float = 1e-6
-    order: str = "raster"  # raster | spiral | checkerboard | random
+    order: str = "raster"  # one of aim_core.ORDERS
     order_seed: int = 0
-    attention: str = "prefix"  # causal | prefix | bidirectional
-    attn_impl: str = "auto"  # auto (flex on CUDA for causal/prefix) | sdpa | flex
+    attention: str = "prefix"  # one of aim_core.ATTENTION_MODES
+    attn_impl: str = "auto"  # one of aim_core.ATTN_IMPLS
+
+    def __post_init__(self) -> None:
+        # Every AIMConfig is valid from birth (`AIMConfig(...)`, `dataclasses.replace(...)`): the checks run here,
+        # not only when a caller remembers `validate()`. It is frozen, so there is nothing to mutate afterwards;
+        # a variant is `dataclasses.replace(cfg, field=value)`, which builds (and validates) a new one.
+        self.validate()
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -45,6 +57,7 @@ class AIMConfig:
         return self.grid[0] * self.grid[1]
 
     def validate(self) -> AIMConfig:
+        """Raise ValueError("field: why") on the first impossible setting; returns self (already run on build)."""
         checks = [
             (
                 self.img_size % self.patch_size == 0,
@@ -55,24 +68,24 @@ class AIMConfig:
             (self.width % 4 == 0, "width", "must be divisible by 4 (2D sin-cos embedding)"),
             (self.depth >= 1, "depth", "must be >= 1"),
             (self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}"),
-            (self.head in ("none", "mlp", "transformer"), "head", f"unknown head {self.head!r}"),
+            (self.head in HEADS, "head", f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}"),
             (self.head == "none" or self.head_width % 4 == 0, "head_width", "must be divisible by 4"),
             (
                 self.head != "transformer" or self.head_width % self.head_num_heads == 0,
                 "head_num_heads",
                 f"{self.head_num_heads} does not divide head_width {self.head_width}",
             ),
-            (self.target in ("pixel", "norm_pixel", "kmeans", "dvae"), "target", f"unknown target {self.target!r}"),
-            (self.order in ("raster", "spiral", "checkerboard", "random"), "order", f"unknown order {self.order!r}"),
+            (self.target in TARGETS, "target", f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}"),
+            (self.order in ORDERS, "order", f"unknown order {self.order!r}; choose one of {', '.join(ORDERS)}"),
             (
-                self.attention in ("causal", "prefix", "bidirectional"),
+                self.attention in ATTENTION_MODES,
                 "attention",
-                f"unknown attention mode {self.attention!r}",
+                f"unknown attention mode {self.attention!r}; choose one of {', '.join(ATTENTION_MODES)}",
             ),
             (
-                self.attn_impl in ("auto", "sdpa", "flex"),
+                self.attn_impl in ATTN_IMPLS,
                 "attn_impl",
-                f"unknown attention implementation {self.attn_impl!r}",
+                f"unknown attention implementation {self.attn_impl!r}; choose one of {', '.join(ATTN_IMPLS)}",
             ),
             (self.attention != "prefix" or self.num_patches >= 2, "attention", "prefix needs at least 2 patches"),
         ]
@@ -90,7 +103,8 @@ PRESETS: dict[str, AIMConfig] = {
     "aim-1b": AIMConfig(width=2048, depth=24, num_heads=16, **_PAPER_HEAD),
     "aim-3b": AIMConfig(width=3072, depth=24, num_heads=24, **_PAPER_HEAD),
     "aim-7b": AIMConfig(width=4096, depth=32, num_heads=32, **_PAPER_HEAD),
-    # Small presets for CPU work: 32 px images (CIFAR-10), patch 4 -> 64 patches.
+    # Small presets for CPU work, patch 4: aim-test 16 px -> 16 patches (tests); aim-tiny and aim-small
+    # 32 px (CIFAR-10) -> 64 patches.
     "aim-test": AIMConfig(
         img_size=16,
         patch_size=4,
@@ -129,4 +143,4 @@ def resolve_config(preset: str, **overrides) -> AIMConfig:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown model field(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    return dataclasses.replace(PRESETS[preset], **overrides).validate()
+    return dataclasses.replace(PRESETS[preset], **overrides)  # validated by AIMConfig.__post_init__

@@ -614,7 +614,7 @@ def profile_from(a: argparse.Namespace) -> Profile:
 
 
 def run_phases(p: Profile, a: argparse.Namespace, work: Path, report: Report) -> None:
-    from pipelines.train.driver import init_ray
+    from pipelines.data.raytools import init_ray
 
     wanted = {x for x in a.phases.split(",") if x}
     yaml_path = work / "experiment.yaml"

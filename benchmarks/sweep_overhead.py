@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     from pipelines.data.demo import write_demo
-    from pipelines.train.driver import init_ray, quiet_data
+    from pipelines.data.raytools import init_ray
+    from pipelines.train.driver import quiet_data
 
     runs = []
     with tempfile.TemporaryDirectory() as d:

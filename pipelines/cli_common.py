@@ -43,7 +43,7 @@ def user_error(exc: BaseException) -> str | None:
     RayTaskError.cause, and exception chains. None for anything else (a bug: the traceback should show)."""
     from pipelines.config import ConfigError
     from pipelines.data.errors import DataError
-    from pipelines.data.storage import StorageError
+    from pipelines.storage import StorageError
     from pipelines.train.loop import TrainingError
 
     wanted = (TrainingError, DataError, StorageError, ConfigError)
@@ -59,7 +59,7 @@ def user_error(exc: BaseException) -> str | None:
         if isinstance(e, wanted) and not isinstance(cause, BaseException):
             return _one_line(e)
         if type(e) is OSError and "AWS Error" in str(e):  # a raw pyarrow S3 error (e.g. mid-stream)
-            from pipelines.data.storage import _scrub
+            from pipelines.storage import _scrub
 
             return _scrub(str(e).strip().splitlines()[0])
         failures = getattr(e, "worker_failures", None) or {}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
-from pipelines.cli_common import fail
+from pipelines.cli_common import fail, load_or_exit
 
 app = typer.Typer(
     help="Inspect AIM model presets (sizes, FLOPs); import / export Apple's published AIM weights.",
@@ -15,27 +16,27 @@ app = typer.Typer(
 
 
 def _parse_sets(items: list[str]) -> dict:
-    import yaml
+    """Model fields from `--set depth=12` (the experiments' parser, so values are typed the same)."""
+    from pipelines.config_io import ConfigError, apply_overrides
 
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            fail(f"--set {item!r}: expected KEY=VALUE, e.g. depth=12")
-        value = yaml.safe_load(raw)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string: norm_eps=1e-5
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        out[key] = value
-    return out
+    try:
+        return apply_overrides({}, items)
+    except ConfigError as e:
+        fail(str(e))
 
 
 @app.command("info")
 def info(
-    preset: str = typer.Argument(..., help="preset name, e.g. aim-600m or aim-tiny"),
-    set_: list[str] = typer.Option([], "--set", help="override a model field, e.g. --set depth=12"),
+    preset: str = typer.Argument(None, help="preset name, e.g. aim-600m or aim-tiny (or give --experiment)"),
+    experiment: Path = typer.Option(
+        None,
+        "--experiment",
+        "-e",
+        help="an experiment YAML: the model its runs train (the preset, then its model and target sections)",
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="override a model field, e.g. --set depth=12 (with --experiment: model.depth=12)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Parameter counts (trunk, head) and FLOPs per image, computed on the meta device."""
@@ -43,11 +44,18 @@ def info(
 
     import torch
 
-    from aim_core import build_model
+    from aim_core import AIM, resolve_config
 
+    if (preset is None) == (experiment is None):
+        fail("give a preset or --experiment YAML (one of them)")
+    if experiment is not None:  # the same resolution as a pipeline run: ExperimentConfig.model_overrides()
+        cfg = load_or_exit(experiment, set_)
+        preset, overrides = cfg.model.preset, cfg.model_overrides()
+    else:
+        overrides = _parse_sets(set_)
     try:
         with torch.device("meta"):
-            model = build_model(preset, **_parse_sets(set_))
+            model = AIM(resolve_config(preset, **overrides))
     except (ValueError, TypeError) as e:
         fail(str(e))
     counts, flops = model.param_counts(), model.flops_per_image()
@@ -117,8 +125,8 @@ def import_(
         "e.g. aim_600m_2bimgs_attnprobe_head_best_layers.pth",
     ),
 ) -> None:
-    from pipelines.data.storage import StorageError
     from pipelines.model_io import CheckpointError, import_ml_aim
+    from pipelines.storage import StorageError
 
     try:
         res = import_ml_aim(src, out, preset=preset, head=head)
@@ -143,8 +151,8 @@ def export(
         help="also write the attentive probe head that an imported checkpoint kept, as Apple's head file",
     ),
 ) -> None:
-    from pipelines.data.storage import StorageError
     from pipelines.model_io import CheckpointError, export_ml_aim
+    from pipelines.storage import StorageError
 
     if fmt != "ml-aim":
         fail(f"--format {fmt!r}: only ml-aim is supported")

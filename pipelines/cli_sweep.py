@@ -33,7 +33,7 @@ def sweep(
 
         cluster_cpus = float(os.cpu_count() or 2)
     if not dry_run:  # always here, not inside Tune: a local cluster must start with this environment's credentials
-        from pipelines.train.driver import init_ray
+        from pipelines.data.raytools import init_ray
 
         init_ray(address)
     if cluster_cpus is None:

@@ -23,7 +23,7 @@ def pretrain(
 ) -> None:
     """Pre-train AIM with Ray Train (DDP/FSDP), tracked in MLflow. Rerunning the same command resumes."""
     cfg = load_or_exit(experiment, set_)
-    from pipelines.train.driver import init_ray
+    from pipelines.data.raytools import init_ray
     from pipelines.train.driver import pretrain as run
 
     init_ray(address)

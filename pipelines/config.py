@@ -10,16 +10,13 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipelines.data.config import DataConfig, storage_uri
+from aim_core import ATTN_IMPLS, HEADS, ORDERS, PRESETS, PRETRAIN_ATTENTION, TARGETS, AIMConfig, resolve_config
+from pipelines.config_io import ConfigError, apply_overrides, read_mapping, validate
+from pipelines.data.config import DataConfig, S3Config, storage_uri
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_experiment", "apply_overrides", "flatten", "Strict"]
-
-
-class ConfigError(ValueError):
-    """A config problem, phrased as one line naming the file and field."""
 
 
 class Strict(BaseModel):
@@ -41,20 +38,19 @@ class ModelSection(Strict):
         gt=0,
         description="LayerNorm eps (default 1e-6 as in ml-aim; 1e-5 for checkpoints trained before the change)",
     )
-    head: Literal["none", "mlp", "transformer"] | None = None
+    # The allowed names come from aim_core's registries (Literal[tuple] == Literal[*tuple]).
+    head: Literal[HEADS] | None = None
     head_width: int | None = Field(None, gt=0)
     head_depth: int | None = Field(None, ge=0)
     head_num_heads: int | None = Field(None, gt=0)
-    attention: Literal["causal", "prefix"] | None = None
-    order: Literal["raster", "spiral", "checkerboard", "random"] | None = None
+    attention: Literal[PRETRAIN_ATTENTION] | None = None
+    order: Literal[ORDERS] | None = None
     order_seed: int | None = None
-    attn_impl: Literal["auto", "sdpa", "flex"] | None = None
+    attn_impl: Literal[ATTN_IMPLS] | None = None
 
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, v: str) -> str:
-        from aim_core.presets import PRESETS
-
         if v not in PRESETS:
             raise ValueError(f"unknown preset {v!r}; choose one of {', '.join(PRESETS)}")
         return v
@@ -64,13 +60,21 @@ class ModelSection(Strict):
 
 
 class TargetSection(Strict):
-    """Prediction target. kmeans/dvae fit their codebook/tokenizer on `fit_images` training images."""
+    """Prediction target. kmeans/dvae fit their codebook/tokenizer on `fit_images` training images.
 
-    name: Literal["pixel", "norm_pixel", "kmeans", "dvae"] = "norm_pixel"
-    num_clusters: int = Field(512, ge=2)
-    dvae_vocab: int = Field(512, ge=2)
+    `name`, `num_clusters` and `dvae_vocab` left unset take the preset's values (`aim_core.PRESETS`);
+    set, they override it, exactly as the model section's fields do."""
+
+    name: Literal[TARGETS] | None = Field(None, description="default: the preset's target")
+    num_clusters: int | None = Field(None, ge=2, description="kmeans codebook size; default: the preset's")
+    dvae_vocab: int | None = Field(None, ge=2, description="dVAE vocabulary; default: the preset's")
     fit_images: int = Field(2048, ge=16)
     fit_steps: int = Field(300, ge=1, description="k-means iterations or dVAE training steps")
+
+    def overrides(self) -> dict[str, Any]:
+        """The AIMConfig fields this section sets (only those given)."""
+        fields = {"target": self.name, "num_clusters": self.num_clusters, "dvae_vocab": self.dvae_vocab}
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 class OptimSection(Strict):
@@ -140,6 +144,10 @@ class ScalingSection(Strict):
 class StorageSection(Strict):
     path: str = Field("runs", description="local directory or s3://bucket/prefix for checkpoints")
     _path = field_validator("path")(storage_uri)
+    s3: S3Config = Field(
+        default_factory=S3Config,
+        description="S3 endpoint of `path` (checkpoints, run outputs); not given: the data section's data.s3",
+    )
     checkpoint_every: int = Field(100, gt=0)
     keep: int = Field(2, gt=0)
     sharded: Literal["auto"] | bool = Field(
@@ -214,6 +222,18 @@ class ExperimentConfig(Strict):
             raise ValueError("use letters, digits, '.', '_' or '-' only")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_endpoint_by_default(cls, data: Any) -> Any:
+        """Without `storage.s3`, checkpoints use the data's endpoint (one MinIO / S3 for both), copied here at
+        load time: what reads or writes checkpoints reads `storage.s3` only."""
+        if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
+            return data
+        storage, s3 = data.get("storage"), data["data"].get("s3")
+        if isinstance(s3, dict) and (storage is None or (isinstance(storage, dict) and "s3" not in storage)):
+            data = {**data, "storage": {**(storage or {}), "s3": s3}}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         try:
@@ -236,53 +256,18 @@ class ExperimentConfig(Strict):
             )
         return self
 
-    def aim_config(self):
-        from aim_core.presets import resolve_config
+    def aim_config(self) -> AIMConfig:
+        """The model this experiment trains: the preset, then the fields the model and target sections set.
+        `aimctl model info` resolves through the same `model_overrides` + `resolve_config`."""
+        return resolve_config(self.model.preset, **self.model_overrides())
 
-        t = self.target
-        return resolve_config(
-            self.model.preset,
-            target=t.name,
-            num_clusters=t.num_clusters,
-            dvae_vocab=t.dvae_vocab,
-            **self.model.overrides(),
-        )
+    def model_overrides(self) -> dict[str, Any]:
+        """AIMConfig fields set by the YAML (model and target sections); everything else is the preset's."""
+        return {**self.model.overrides(), **self.target.overrides()}
 
     @property
     def run_name(self) -> str:
         return self.name
-
-
-def _parse_value(raw: str) -> Any:
-    return yaml.safe_load(raw) if raw != "" else ""
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings (YAML-typed values) onto a nested dict."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=5e-4")
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p} is not a section")
-        node[parts[-1]] = _parse_value(raw)
-    return data
-
-
-def _format_error(source: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling)"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    if re.match(r"(model|optim|scaling|probe)\.[a-z_]+: ", msg):  # a cross-field check names its field first
-        loc, _, msg = msg.partition(": ")
-    return f"{source}: {loc}: {msg}{more}"
 
 
 def _absolute(uri: str | None) -> str | None:
@@ -308,24 +293,12 @@ def absolutize(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def parse_experiment(data: dict, source: str = "<config>") -> ExperimentConfig:
-    try:
-        return absolutize(ExperimentConfig.model_validate(data))
-    except ValidationError as e:
-        raise ConfigError(_format_error(source, e)) from None
+    return absolutize(validate(ExperimentConfig, data, source))
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read, override and validate an experiment YAML; raises ConfigError (one line) on any problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such experiment file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return parse_experiment(apply_overrides(data, overrides or []), str(path))
+    return parse_experiment(apply_overrides(read_mapping(path), overrides or []), str(path))
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

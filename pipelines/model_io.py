@@ -93,7 +93,7 @@ def _load_local(path: str, where: str) -> dict[str, torch.Tensor]:
 
 def read_weights(uri: str, s3: S3Config | None = None) -> dict[str, torch.Tensor]:
     """A state dict from a `.pth` (torch.load, weights_only) or `.safetensors` file, local or s3://."""
-    from pipelines.data.storage import is_s3, read_bytes, resolve
+    from pipelines.storage import is_s3, read_bytes, resolve
 
     fs, path = resolve(uri, s3)
     if not is_s3(uri):
@@ -157,7 +157,7 @@ def _write_checkpoint(out: str, payload: dict, meta: dict, s3: S3Config | None) 
     Locally the state is written in place (temp name, renamed): a 7B trunk is never copied twice."""
     import pyarrow.fs as pafs
 
-    from pipelines.data.storage import display, resolve, storage_error, write_bytes
+    from pipelines.storage import display, resolve, storage_error, write_bytes
 
     fs, path = resolve(out, s3)
     if fs is None:
@@ -223,7 +223,7 @@ def _save(tensors: dict[str, torch.Tensor], out: str, s3: S3Config | None) -> st
     """Write a state dict to file `out` (local or s3://): safetensors for `.safetensors`, else torch.save."""
     import pyarrow.fs as pafs
 
-    from pipelines.data.storage import display, is_s3, resolve, storage_error
+    from pipelines.storage import display, is_s3, resolve, storage_error
 
     def write(path: Path) -> None:
         if out.endswith(".safetensors"):
@@ -249,7 +249,7 @@ def _save(tensors: dict[str, torch.Tensor], out: str, s3: S3Config | None) -> st
 
 
 def _read_checkpoint(ckpt: str, s3: S3Config | None) -> dict:
-    from pipelines.data.storage import resolve
+    from pipelines.storage import resolve
     from pipelines.train.checkpoint import read_state
 
     fs, path = resolve(ckpt, s3)

@@ -15,8 +15,8 @@ __all__ = ["probe_checkpoint", "probe_device", "load_trunk"]
 
 def load_trunk(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[AIM, str]:
     """The model with the checkpoint's weights; `checkpoint=None` takes the run's latest."""
-    from pipelines.data.storage import resolve
     from pipelines.model_io import load_weights
+    from pipelines.storage import resolve
     from pipelines.train.checkpoint import read_state
     from pipelines.train.driver import latest_checkpoint
 
@@ -24,9 +24,9 @@ def load_trunk(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[AIM, str]
         checkpoint, _ = latest_checkpoint(cfg)
         if checkpoint is None:
             raise FileNotFoundError(f"no checkpoint under {cfg.storage.path}/{cfg.name}: run `aimctl pretrain` first")
-        fs, _ = resolve(cfg.storage.path, cfg.data.s3)
+        fs, _ = resolve(cfg.storage.path, cfg.storage.s3)
     else:
-        fs, path = resolve(checkpoint, cfg.data.s3)
+        fs, path = resolve(checkpoint, cfg.storage.s3)
         checkpoint = path
     model = AIM(cfg.aim_config())
     # a run's checkpoint (full or sharded, read whole on the CPU), or one imported from ml-aim
@@ -68,11 +68,11 @@ def probe_checkpoint(
 def _log(cfg: ExperimentConfig, res: ProbeResult, random_init: bool) -> None:
     if not cfg.tracking.enabled:
         return
-    from pipelines.data.storage import resolve
+    from pipelines.storage import resolve
 
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     c = tracking.client(uri)
-    _, root = resolve(cfg.storage.path, cfg.data.s3)
+    _, root = resolve(cfg.storage.path, cfg.storage.s3)
     run_id, _ = tracking.get_or_create_run(c, cfg.tracking.experiment, f"{root}/{cfg.run_name}", cfg.run_name)
     prefix = "probe_random_init" if random_init else "probe"
     log = tracking.MetricLogger(c, run_id)

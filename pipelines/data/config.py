@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from pipelines.config_io import ConfigError, apply_overrides, read_mapping, validate
+
 __all__ = [
     "DataConfig",
     "DataConfigError",
@@ -230,71 +232,25 @@ class DataConfig(_Strict):
     )
 
 
-class DataConfigError(ValueError):
+class DataConfigError(ConfigError):
     """A problem with the `data:` section, as one line naming the file and field."""
 
 
-def _one_line(source: str, err) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling)"
-    field, sep, rest = msg.partition(": ")
-    if sep and " " not in field and first["type"] == "value_error":  # model validators name the field
-        loc, msg = f"{loc}.{field}" if loc else field, rest
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: data.{loc}: {msg}{more}" if loc else f"{source}: data: {msg}{more}"
-
-
 def parse_data_section(raw: object, source: str = "<config>") -> DataConfig:
-    from pydantic import ValidationError
-
     if not isinstance(raw, dict):
         raise DataConfigError(f"{source}: data: must be a mapping with at least pool.uri and curated.uri")
-    try:
-        return DataConfig.model_validate(raw)
-    except ValidationError as e:
-        raise DataConfigError(_one_line(source, e)) from None
+    return validate(DataConfig, raw, source, prefix="data", error=DataConfigError)
 
 
 def load_data_section(path, overrides: list[str] | None = None) -> tuple[DataConfig, int]:
     """(DataConfig, seed) from an experiment YAML: only `data:` and the top-level `seed` (default 0) are read;
     other sections are ignored. `overrides` are dotted `KEY=VALUE` strings on the whole document, e.g.
     `data.pool.top_fraction=0.2` or `seed=3` (the same syntax as `--set` elsewhere)."""
-    from pathlib import Path
-
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataConfigError(f"{path}: no such experiment file")
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise DataConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(doc, dict):
-        raise DataConfigError(f"{path}: the top level must be a mapping of sections")
-    for item in overrides or []:
-        _override(doc, item, path)
+    doc = read_mapping(path, error=DataConfigError)
+    apply_overrides(doc, overrides or [], str(path), error=DataConfigError)
     if "data" not in doc:
         raise DataConfigError(f"{path}: data: missing section (needs at least pool.uri and curated.uri)")
     seed = doc.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise DataConfigError(f"{path}: seed: must be an integer")
     return parse_data_section(doc["data"], str(path)), seed
-
-
-def _override(doc: dict, item: str, path) -> None:
-    import yaml
-
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise DataConfigError(f"{path}: --set {item!r}: expected KEY=VALUE, e.g. data.mix.pool_probability=0.7")
-    node = doc
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise DataConfigError(f"{path}: --set {item!r}: {p} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw else ""

@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.data import formats, storage
+from pipelines import storage
+from pipelines.data import formats
 from pipelines.data.config import S3Config
 from pipelines.data.errors import DataError
 

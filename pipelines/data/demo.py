@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from pipelines.data import storage
+from pipelines import storage
 from pipelines.data.config import S3Config
 from pipelines.data.formats import wds_bytes
 

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.data import formats, storage
+from pipelines import storage
+from pipelines.data import formats
 from pipelines.data.augment import eval_image
 from pipelines.data.config import IMAGENET_MEAN, IMAGENET_STD, CuratedConfig, DataConfig, S3Config
 from pipelines.data.errors import DataError

@@ -11,7 +11,7 @@ import json
 import math
 import time
 
-from pipelines.data import storage
+from pipelines import storage
 from pipelines.data.config import DataConfig
 from pipelines.data.quality import REASONS
 

@@ -27,7 +27,7 @@ from pipelines.data.raytools import ensure_ray
 from pipelines.data.reader import SLOTS_PER_EPOCH, ReadContext, mixed_datasource
 from pipelines.data.rows import RowRules
 from pipelines.data.select import Selection, select_pool
-from pipelines.data.storage import filesystem
+from pipelines.storage import filesystem
 
 __all__ = [
     "build_train_dataset",

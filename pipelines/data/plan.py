@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.fs as pafs
 
-from pipelines.data import formats, storage
+from pipelines import storage
+from pipelines.data import formats
 from pipelines.data.config import CuratedConfig, DataConfig, S3Config
 from pipelines.data.mix import CuratedStream, SlotPattern, plan_ranges, shard_order
 from pipelines.data.select import Selection

@@ -1,4 +1,5 @@
-"""Small Ray helpers: start/attach Ray, and a map-reduce over a list of work items with Ray Data."""
+"""Small Ray helpers: start/attach Ray (`init_ray`, the pipelines' only `ray.init`), and a map-reduce over a
+list of work items with Ray Data."""
 
 from __future__ import annotations
 
@@ -10,30 +11,38 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ensure_ray", "scan_reduce", "items_dataset", "tune_ray_data"]
+__all__ = ["ensure_ray", "init_ray", "scan_reduce", "items_dataset", "tune_ray_data"]
 
 
-def ensure_ray() -> None:
-    """Attach to RAY_ADDRESS if set, else start a local Ray (no dashboard, no usage stats)."""
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """The one Ray initialiser (CLI, driver, sweeps, data commands, benchmarks): connect to `address` /
+    $RAY_ADDRESS, or start a local Ray (quiet, no usage stats). A no-op once Ray is up."""
     import ray
 
     from pipelines import quiet
 
-    tune_ray_data()
     if ray.is_initialized():
         return
     quiet.route_ray_logs()  # aimctl without -v: Ray's INFO lines go to a log file
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     to_driver = not quiet.is_quiet()
     if address:
         ray.init(address=address, log_to_driver=to_driver)
-    else:
+    else:  # the dashboard (127.0.0.1) serves the State API that Ray Train polls; without it, warnings
         ray.init(
-            include_dashboard=False,
+            num_cpus=num_cpus,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
             log_to_driver=to_driver,
             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
         )
+
+
+def ensure_ray() -> None:
+    """`init_ray()` with Ray Data's scheduler tuned (`tune_ray_data`) first: what the data path calls."""
+    tune_ray_data()
+    init_ray()
 
 
 # Two Ray Data scheduler constants (Ray 2.60), tuned for short tasks on small machines; see tune_ray_data.

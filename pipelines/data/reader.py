@@ -26,7 +26,7 @@ from pipelines.data.quality import Quality, report_bad
 from pipelines.data.raytools import tune_ray_data
 from pipelines.data.rows import RowRules
 from pipelines.data.select import shard_scores
-from pipelines.data.storage import StorageError
+from pipelines.storage import StorageError
 
 __all__ = ["ReadContext", "mixed_datasource", "SLOTS_PER_EPOCH"]
 

@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.data import formats, storage, uids
+from pipelines import storage
+from pipelines.data import formats, uids
 from pipelines.data.config import DataConfig
 
 __all__ = ["RowRules", "ShardRows", "shard_rows", "STATUS_OK"]

@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.data import formats, storage
+from pipelines import storage
+from pipelines.data import formats
 from pipelines.data.config import DataConfig
 from pipelines.data.quantile import bin_stats, merge_stats, quantile_linear
 from pipelines.data.raytools import SCAN_CPUS, scan_reduce

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipelines.data import storage
+from pipelines import storage
 from pipelines.data.errors import DataError
 
 __all__ = ["hex_to_key", "load_subset", "load_scores", "in_subset", "lookup_scores"]

@@ -273,7 +273,7 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
                 failure_config=ray.tune.FailureConfig(max_failures=1),
             ),
         )
-    from pipelines.data.storage import credentials_hidden_from_ray
+    from pipelines.storage import credentials_hidden_from_ray
 
     with credentials_hidden_from_ray():  # else Tune puts them in every trial's runtime_env (dashboard, State API)
         results = tuner.fit()

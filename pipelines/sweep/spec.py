@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipelines.config import ConfigError, ExperimentConfig, apply_overrides, parse_experiment
+from pipelines.config import ExperimentConfig, parse_experiment
+from pipelines.config_io import ConfigError, apply_overrides, read_mapping, validate
 from pipelines.sweep.mlflow_view import IN_AXES_TAG, in_axes_tag
 from pipelines.sweep.search import SearchSpec, sample_values
 
@@ -113,7 +113,8 @@ class Trial:
     def fingerprint(self) -> str:
         """What the trial computes: the config without its name/tags, with the *resolved* model (so
         `head: mlp` on a preset whose head is already mlp is the same trial)."""
-        data = self.config.model_dump(mode="json", exclude={"name", "tags"})
+        in_model = dict.fromkeys(("name", "num_clusters", "dvae_vocab"), True)  # resolved into the model below
+        data = self.config.model_dump(mode="json", exclude={"name": True, "tags": True, "target": in_model})
         data["model"] = dataclasses.asdict(self.config.aim_config())
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -128,7 +129,7 @@ def _base_data(spec: SweepSpec, source: Path) -> dict:
     path = (source.parent / spec.base).resolve()
     if not path.is_file():
         raise ConfigError(f"{source}: base: no such experiment file {spec.base!r}")
-    return yaml.safe_load(path.read_text()) or {}
+    return read_mapping(path)
 
 
 def _seed_suffix(seed: int | None, base_seed: int) -> str:
@@ -218,22 +219,5 @@ def _mark_duplicates(trials: list[Trial]) -> list[Trial]:
 
 def load_sweep(path: str | Path) -> tuple[SweepSpec, list[Trial]]:
     """Parse and validate a sweep file and every trial's experiment; ConfigError (one line) on problems."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such sweep file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        msg = (
-            "unknown key (check the spelling)"
-            if first["type"] == "extra_forbidden"
-            else first["msg"].removeprefix("Value error, ")
-        )
-        raise ConfigError(f"{path}: {loc}: {msg}") from None
-    return spec, plan_trials(spec, path)
+    spec = validate(SweepSpec, read_mapping(path, "sweep"), str(path))
+    return spec, plan_trials(spec, Path(path))

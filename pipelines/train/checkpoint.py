@@ -148,9 +148,9 @@ def read_meta(directory: str | Path) -> dict:
 
 def run_storage(cfg) -> tuple:
     """(pyarrow filesystem or None for a local path, storage root) of an experiment's runs and checkpoints."""
-    from pipelines.data.storage import resolve
+    from pipelines.storage import resolve
 
-    return resolve(cfg.storage.path, cfg.data.s3)
+    return resolve(cfg.storage.path, cfg.storage.s3)
 
 
 def read_state(fs, ckpt_path: str, optimizer: bool = True) -> dict:

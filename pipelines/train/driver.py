@@ -14,6 +14,7 @@ import yaml
 
 from pipelines import tracking
 from pipelines.config import ExperimentConfig, flatten
+from pipelines.data.raytools import init_ray
 from pipelines.train.checkpoint import LOCAL_PREFIX, META_FILE, checkpoint_complete, read_state
 from pipelines.train.checkpoint import run_storage as _storage  # the driver's short name
 from pipelines.train.loop import LoopArgs, LoopHooks, TrainingError, train_loop_per_worker
@@ -87,7 +88,7 @@ def _open_run(cfg: ExperimentConfig, parent_run_id: str | None, extra_tags: dict
     tags = {
         "git_commit": tracking.git_commit(Path(__file__).parent),
         "preset": cfg.model.preset,
-        "target": cfg.target.name,
+        "target": cfg.aim_config().target,
         "attention": cfg.aim_config().attention,
         "order": cfg.aim_config().order,
         "head": cfg.aim_config().head,
@@ -135,10 +136,11 @@ def _progress(uri: str | None, run_id: str | None, total: int, stop: threading.E
 
 
 def _fit_target(cfg: ExperimentConfig, plan) -> bytes | None:
-    if cfg.target.name not in ("kmeans", "dvae"):
-        return None
-    from aim_core import AIM
+    from aim_core import AIM, TARGET_TYPES
     from pipelines.train.target_fit import fit_target_state
+
+    if not TARGET_TYPES[cfg.aim_config().target].needs_fit:
+        return None
 
     batch = plan.dataset().take_batch(cfg.target.fit_images, batch_format="numpy")["image"]
     return fit_target_state(AIM(cfg.aim_config()), torch.tensor(batch), cfg.target.fit_steps, cfg.seed)
@@ -217,31 +219,6 @@ def _log_skipped(uri: str, run_id: str, quality: dict, step: int, sel=None) -> N
         c.log_dict(run_id, {**quality, "not_downloaded_by_shard": by_shard}, "data_quality.json")
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address` / $RAY_ADDRESS, or start a local Ray (quiet, no usage stats)."""
-    import os
-
-    import ray
-
-    from pipelines import quiet
-
-    if ray.is_initialized():
-        return
-    quiet.route_ray_logs()  # aimctl without -v: Ray's INFO lines go to a log file, workers' output stays in Ray's
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=not quiet.is_quiet())
-    else:  # the dashboard (127.0.0.1) serves the State API that Ray Train polls; without it, warnings
-        ray.init(
-            num_cpus=num_cpus,
-            dashboard_host="127.0.0.1",
-            _node_ip_address="127.0.0.1",
-            log_to_driver=not quiet.is_quiet(),
-            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
-        )
-
-
 def quiet_data() -> None:
     """Ray Data's per-operator progress bars flood the console from every split coordinator."""
     import ray.data
@@ -274,8 +251,6 @@ def pretrain(
     """Run (or resume) pre-training for `cfg`. Rerunning the same config continues from the latest checkpoint.
 
     `hooks` (picklable; default: none) is handed to every worker's loop (see `LoopHooks`)."""
-    import ray
-
     from pipelines.train.feed import check_resumable
 
     init_ray()
@@ -287,10 +262,19 @@ def pretrain(
     uri, run_id, logged = _open_run(cfg, parent_run_id, extra_tags or {})
     plan, epoch_slots, sel = _plan(cfg)
     target_state = None if ckpt else _fit_target(cfg, plan)
+    args = _loop_args(cfg, plan, epoch_slots, ckpt, run_id, uri, logged, stop_after, target_state, hooks)
+    result = _fit(cfg, args, callbacks, uri, run_id, show_progress)
+    return _finish(cfg, result, plan, sel, uri, run_id, resumed_from)
+
+
+def _loop_args(cfg, plan, epoch_slots, ckpt, run_id, uri, logged, stop_after, target_state, hooks) -> LoopArgs:
+    """What every worker's loop receives (the stream plan goes through Ray's object store once)."""
+    import ray
+
     extra = {"epoch_samples": epoch_slots}
     if cfg.scaling.num_workers == 0:  # in-process: the loop resumes and persists its checkpoints itself
         extra.update(local=True, resume_from=ckpt)
-    args = LoopArgs(
+    return LoopArgs(
         experiment=cfg.model_dump(mode="json"),
         run_id=run_id,
         tracking_uri=uri,
@@ -301,6 +285,10 @@ def pretrain(
         stream=ray.put(plan),
         hooks=hooks or LoopHooks(),
     )
+
+
+def _fit(cfg: ExperimentConfig, args: LoopArgs, callbacks, uri, run_id, show_progress: bool):
+    """Ray Train's fit with the driver's progress bar beside it; the MLflow run is FAILED if it raises."""
     stop = threading.Event()
     start = (
         "starting the data pipeline..."
@@ -311,7 +299,7 @@ def pretrain(
     if show_progress:
         bar.start()
     try:
-        result = _trainer(cfg, args, callbacks).fit()
+        return _trainer(cfg, args, callbacks).fit()
     except BaseException:
         if run_id:
             tracking.client(uri).set_terminated(run_id, status="FAILED")
@@ -320,6 +308,10 @@ def pretrain(
         stop.set()
         if bar.is_alive():
             bar.join(timeout=5)
+
+
+def _finish(cfg: ExperimentConfig, result, plan, sel, uri, run_id, resumed_from: int) -> PretrainResult:
+    """The run's outcome: its last checkpoint and step, data quality and outputs logged, the MLflow run closed."""
     if cfg.scaling.num_workers == 0:
         ckpt_path, meta = latest_checkpoint(cfg)
         step = int(meta.get("step", resumed_from))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray.train
 import ray.train.torch
@@ -14,11 +16,11 @@ from aim_core import AIM
 from pipelines.config import ExperimentConfig
 from pipelines.train import parallel
 from pipelines.train.checkpoint import TrainState, persist_checkpoint, read_state, run_storage
-from pipelines.train.feed import open_feed
+from pipelines.train.feed import Feed, open_feed
 from pipelines.train.optim import build_optimizer, build_scheduler
 from pipelines.train.state_io import restore, restore_checkpoint, use_sharded, write_checkpoint
 
-__all__ = ["LoopArgs", "LoopHooks", "train_loop_per_worker", "TrainingError", "NonFiniteLoss"]
+__all__ = ["LoopArgs", "LoopContext", "LoopHooks", "train_loop_per_worker", "TrainingError", "NonFiniteLoss"]
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
 
@@ -102,16 +104,83 @@ class _Logger:
             self.logger.flush()
 
 
+@dataclass
+class LoopContext:
+    """What one worker's loop works with, built once per (re)start by `train_loop_per_worker`."""
+
+    cfg: ExperimentConfig
+    args: LoopArgs
+    model: AIM
+    forward: Callable  # the (DDP/FSDP/compiled) forward: forward(images, prefix_len) -> predictions
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # timm scheduler: step_update(step)
+    feed: Feed
+    state: TrainState
+    device: torch.device
+    strategy: str  # "ddp" | "fsdp"
+    rank: int
+    world: int
+
+    @property
+    def local(self) -> bool:
+        """In-process (Ray Train local mode): one process, no worker group, the loop persists checkpoints."""
+        return bool(self.args.extra.get("local"))
+
+    def finished(self) -> bool:
+        """The schedule is done, or `stop_after` steps are."""
+        stop = self.args.stop_after
+        return self.state.step >= self.cfg.schedule.steps or bool(stop and self.state.step >= stop)
+
+
+@dataclass
+class _Window:
+    """What the loop accumulates between two logs (loss, throughput) and since the (re)start (non-finite)."""
+
+    device: torch.device
+    last_ckpt: int  # the checkpoint this attempt started from (0: none), then the last one written
+    resumed_from: int  # the step this attempt started from (0: fresh)
+    loss_sum: torch.Tensor = field(init=False)
+    bad: torch.Tensor = field(init=False)
+    first_bad: torch.Tensor = field(init=False)  # first step with a non-finite loss here
+    n_since: int = 0
+    t0: float = field(init=False)
+    first_log: bool = True
+
+    def __post_init__(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        self.loss_sum += loss
+        step_bad = ~torch.isfinite(loss)
+        self.first_bad = torch.where(step_bad & ~self.bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.bad |= step_bad
+        self.n_since += 1
+
+    def restart(self) -> None:
+        self.loss_sum.zero_()
+        self.n_since, self.t0 = 0, time.perf_counter()
+
+
 def train_loop_per_worker(raw_args: dict) -> None:
-    args = LoopArgs(**raw_args)
-    cfg = ExperimentConfig.model_validate(args.experiment)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    local = bool(args.extra.get("local"))  # in-process (Ray Train local mode): one process, no group
+    _run(_context(LoopArgs(**raw_args)))
+
+
+def _device(cfg: ExperimentConfig, local: bool) -> torch.device:
     if not cfg.scaling.use_gpu:
-        device = torch.device("cpu")
-    else:
-        device = torch.device("cuda", torch.cuda.current_device()) if local else ray.train.torch.get_device()
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device()) if local else ray.train.torch.get_device()
+
+
+def _context(args: LoopArgs) -> LoopContext:
+    """Model, parallelism, optimizer, resumed state and data feed of this worker."""
+    cfg = ExperimentConfig.model_validate(args.experiment)
+    tc = ray.train.get_context()
+    rank, world = tc.get_world_rank(), tc.get_world_size()
+    local = bool(args.extra.get("local"))  # in-process (Ray Train local mode): one process, no group
+    device = _device(cfg, local)
     if cfg.scaling.threads_per_worker:
         torch.set_num_threads(cfg.scaling.threads_per_worker)
     model = _build(cfg, args, device)
@@ -130,7 +199,7 @@ def train_loop_per_worker(raw_args: dict) -> None:
     scheduler.step_update(state.step)
     args.hooks.on_start(rank, state.step)
     feed = open_feed(cfg, _plan(args.stream), state.data, state.step, rank, world, device)
-    _run(cfg, args, model, forward, optimizer, scheduler, feed, state, device, strategy, rank, world)
+    return LoopContext(cfg, args, model, forward, optimizer, scheduler, feed, state, device, strategy, rank, world)
 
 
 def _plan(stream):
@@ -139,70 +208,75 @@ def _plan(stream):
     return ray.get(stream) if isinstance(stream, ray.ObjectRef) else stream
 
 
-def _run(cfg, args, model, forward, optimizer, scheduler, feed, state, device, strategy, rank, world):
-    bf16 = parallel.use_bf16(cfg.scaling, device)
-    log = _Logger(args, rank)
-    flops = model.flops_per_image()["train"]
-    peak = _peak_flops(device)
-    last_ckpt = resumed_from = state.step  # the checkpoint this attempt started from (0: none)
-    loss_sum = torch.zeros((), device=device)
-    bad = torch.zeros((), dtype=torch.bool, device=device)
-    first_bad = torch.zeros((), dtype=torch.int64, device=device)  # first step with a non-finite loss here
-    epoch_samples = max(1, int(args.extra.get("epoch_samples", 1)))  # data epochs done, for the metric
-    n_since, t0, first_log = 0, time.perf_counter(), True
-    for images, prefix_len in feed.batches():
-        if state.step >= cfg.schedule.steps or (args.stop_after and state.step >= args.stop_after):
+def _run(ctx: LoopContext) -> None:
+    cfg, state = ctx.cfg, ctx.state
+    bf16 = parallel.use_bf16(cfg.scaling, ctx.device)
+    log = _Logger(ctx.args, ctx.rank)
+    win = _Window(ctx.device, last_ckpt=state.step, resumed_from=state.step)
+    for images, prefix_len in ctx.feed.batches():
+        if ctx.finished():
             break
-        with parallel.autocast(bf16, device):
-            preds = forward(images, prefix_len)
-        out = model.loss_from_predictions(images, preds, prefix_len)
-        loss_t = args.hooks.transform_loss(state.step + 1, out.loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss_t.backward()
-        clip = cfg.optim.clip_grad or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        state.step += 1
-        scheduler.step_update(state.step)
-        loss_sum += loss_t.detach()
-        step_bad = ~torch.isfinite(loss_t.detach())
-        first_bad = torch.where(step_bad & ~bad, torch.full_like(first_bad, state.step), first_bad)
-        bad |= step_bad
-        n_since += 1
-        done = state.step >= cfg.schedule.steps or (args.stop_after and state.step >= args.stop_after)
+        loss_t, grad_norm = _step(ctx, images, prefix_len, bf16)
+        win.add(loss_t.detach(), state.step)
+        done = ctx.finished()
         log_now = state.step % cfg.tracking.log_every == 0 or done
         ckpt_now = state.step % cfg.storage.checkpoint_every == 0 or done
         if log_now or ckpt_now:  # every checkpoint is preceded by this check, whatever log_every is
-            _check_finite(model if ckpt_now else None, bad, first_bad, state.step, last_ckpt, world)
+            _check_finite(ctx.model if ckpt_now else None, win.bad, win.first_bad, state.step, win.last_ckpt, ctx.world)
         if log_now:
-            loss = _reduce_mean(loss_sum / n_since, world)
-            dt = time.perf_counter() - t0
-            ips = n_since * cfg.optim.batch_size / dt
-            metrics = {
-                "train/loss": loss,
-                "train/lr": optimizer.param_groups[0]["lr"],
-                "train/grad_norm": float(grad_norm),
-                "train/images_per_s": ips,
-                "train/tokens_per_s": ips * model.config.num_patches,
-                "train/epoch": state.step * cfg.optim.batch_size / epoch_samples,
-                "train/step": state.step,
-            }
-            if peak:
-                metrics["train/mfu"] = flops * ips / (peak * world)
-            if first_log:  # where this attempt started, and the rows it decoded and dropped to rebuild a resumed
-                # shuffle window (rank 0's); logged with the first step the run's history does not hold yet
-                log.once = {"train/resumed_from": resumed_from, "data/resume_discarded_rows": feed.stream.discarded}
-                first_log = False
+            metrics = _metrics(ctx, win, grad_norm)
+            if win.first_log:  # where this attempt started, and the rows it decoded and dropped to rebuild a
+                # resumed shuffle window (rank 0's): sent with the first step the run's history does not hold yet
+                log.once = {
+                    "train/resumed_from": win.resumed_from,
+                    "data/resume_discarded_rows": ctx.feed.stream.discarded,
+                }
+                win.first_log = False
             log.log(metrics, state.step)
-            loss_sum.zero_()
-            n_since, t0 = 0, time.perf_counter()
+            win.restart()
         if ckpt_now:
             preview = images[:4].detach().cpu() if done else None  # for the run's predictions PNG
-            state.data = feed.state(world)  # collective: every rank's position
-            _checkpoint(cfg, args, model, optimizer, scheduler, state, strategy, rank, world, preview)
-            last_ckpt = state.step
-    if state.step < cfg.schedule.steps and not (args.stop_after and state.step >= args.stop_after):
+            state.data = ctx.feed.state(ctx.world)  # collective: every rank's position
+            _checkpoint(ctx, preview)
+            win.last_ckpt = state.step
+    if not ctx.finished():
         raise TrainingError(f"the data ran out at step {state.step} of {cfg.schedule.steps}")
+
+
+def _step(ctx: LoopContext, images: torch.Tensor, prefix_len, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns (the loss that went into backward, the gradient norm before clipping)."""
+    with parallel.autocast(bf16, ctx.device):
+        preds = ctx.forward(images, prefix_len)
+    out = ctx.model.loss_from_predictions(images, preds, prefix_len)
+    loss_t = ctx.args.hooks.transform_loss(ctx.state.step + 1, out.loss)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss_t.backward()
+    clip = ctx.cfg.optim.clip_grad or float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
+    ctx.optimizer.step()
+    ctx.state.step += 1
+    ctx.scheduler.step_update(ctx.state.step)
+    return loss_t, grad_norm
+
+
+def _metrics(ctx: LoopContext, win: _Window, grad_norm: torch.Tensor) -> dict[str, float]:
+    """The logged metrics of the window since the last log (collective: the loss is averaged over ranks)."""
+    cfg, step = ctx.cfg, ctx.state.step
+    loss = _reduce_mean(win.loss_sum / win.n_since, ctx.world)
+    ips = win.n_since * cfg.optim.batch_size / (time.perf_counter() - win.t0)
+    epoch_samples = max(1, int(ctx.args.extra.get("epoch_samples", 1)))  # data epochs done, for the metric
+    metrics = {
+        "train/loss": loss,
+        "train/lr": ctx.optimizer.param_groups[0]["lr"],
+        "train/grad_norm": float(grad_norm),
+        "train/images_per_s": ips,
+        "train/tokens_per_s": ips * ctx.model.config.num_patches,
+        "train/epoch": step * cfg.optim.batch_size / epoch_samples,
+        "train/step": step,
+    }
+    if peak := _peak_flops(ctx.device):
+        metrics["train/mfu"] = ctx.model.flops_per_image()["train"] * ips / (peak * ctx.world)
+    return metrics
 
 
 def _params_finite(model) -> torch.Tensor:
@@ -245,16 +319,20 @@ def _reduce_any(x: torch.Tensor, world: int) -> torch.Tensor:
     return x.bool()
 
 
-def _checkpoint(cfg, args, model, optimizer, scheduler, state, strategy, rank, world, preview) -> None:
+def _checkpoint(ctx: LoopContext, preview: torch.Tensor | None) -> None:
     """Collective: full (rank 0 writes) or sharded (each rank reports its own shards; Ray Train merges them)."""
+    cfg, model, state = ctx.cfg, ctx.model, ctx.state
     metrics = {"step": state.step}
     extra = {"preview": preview} if preview is not None else None
-    sharded = use_sharded(cfg.storage, strategy, model.param_counts()["total"])
+    sharded = use_sharded(cfg.storage, ctx.strategy, model.param_counts()["total"])
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
-        if write_checkpoint(tmp, model, optimizer, scheduler, state, strategy, rank, world, sharded, extra):
+        written = write_checkpoint(
+            tmp, model, ctx.optimizer, ctx.scheduler, state, ctx.strategy, ctx.rank, ctx.world, sharded, extra
+        )
+        if written:
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        if args.extra.get("local"):  # Ray Train's local mode would drop it: persist it like Ray Train storage
+        if ctx.local:  # Ray Train's local mode would drop it: persist it like Ray Train storage
             fs, root = run_storage(cfg)
             persist_checkpoint(tmp, fs, f"{root.rstrip('/')}/{cfg.run_name}", state.step, cfg.storage.keep)
         else:

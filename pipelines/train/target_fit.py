@@ -1,4 +1,6 @@
-"""Fit the kmeans codebook or dVAE tokenizer on training images before pre-training (driver side)."""
+"""Fit the target's state (kmeans codebook, dVAE tokenizer) on training images before pre-training (driver
+side), and hand it to the workers as bytes. What to fit and what to save is the target's own (`aim_core.targets`:
+`needs_fit`, `fit`, `fit_state`, `load_fit_state`); this module only serializes it."""
 
 from __future__ import annotations
 
@@ -6,32 +8,20 @@ import io
 
 import torch
 
-from aim_core import AIM, fit_kmeans, train_dvae
+from aim_core import AIM
 
 __all__ = ["fit_target_state", "load_target_state"]
 
 
 def fit_target_state(model: AIM, images: torch.Tensor, steps: int, seed: int) -> bytes | None:
     """Fit what the model's target needs on `images` (N, 3, H, W); returns serialized state (or None)."""
-    name = model.config.target
-    if name == "kmeans":
-        feats = model.target.patch_features(images)
-        state = {"centroids": fit_kmeans(feats, model.config.num_clusters, iters=steps, seed=seed)}
-    elif name == "dvae":
-        batches = list(images.split(64))
-        tok = train_dvae(batches, model.config.patch_size, model.config.dvae_vocab, steps=steps, seed=seed)
-        state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
-    else:
+    if not model.target.needs_fit:
         return None
+    model.target.fit(images, steps, seed)
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(model.target.fit_state(), buf)
     return buf.getvalue()
 
 
 def load_target_state(model: AIM, blob: bytes) -> None:
-    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    if "centroids" in state:
-        model.target.set_codebook(state["centroids"])
-    else:
-        model.target.tokenizer.load_state_dict({k.removeprefix("tokenizer."): v for k, v in state.items()})
-        model.target.fitted.fill_(True)
+    model.target.load_fit_state(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))

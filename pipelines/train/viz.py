@@ -15,24 +15,15 @@ __all__ = ["prediction_images", "save_prediction_grid"]
 def prediction_images(model: AIM, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(true, predicted) images (N, 3, H, W) in normalised pixel space, causal next-patch predictions.
 
-    Patch 0 has no prediction and is copied from the input. norm_pixel predictions are mapped back to
-    pixels with each true patch's own mean/std; kmeans predictions show the predicted centroid likewise.
+    Patch 0 has no prediction and is copied from the input. The target maps its predictions to pixels
+    (`Target.predicted_patches`: norm_pixel and kmeans with each true patch's own mean/std, dvae decoded).
     """
     model.eval()
     c = model.config
     images = images.float()
     pred = model(images, None).float()[:, :-1]  # (N, K-1, D), sequence order, predicts positions 1..K-1
     true_p = patchify(images, c.patch_size)[:, model.perm]  # (N, K, P) sequence order
-    if c.target == "kmeans":
-        pred = model.target.centroids[pred.argmax(-1)]
-    elif c.target == "dvae":
-        grid_codes = torch.cat([torch.zeros_like(pred[:, :1, 0], dtype=torch.long), pred.argmax(-1)], 1)
-        decoded = model.target.tokenizer.decode_codes(grid_codes[:, model.inverse], c.grid)
-        pred = patchify(decoded, c.patch_size)[:, model.perm][:, 1:]
-    if c.target in ("norm_pixel", "kmeans"):
-        t = true_p[:, 1:]
-        mean, std = t.mean(-1, keepdim=True), (t.var(-1, keepdim=True) + c.norm_pix_eps).sqrt()
-        pred = pred * std + mean
+    pred = model.target.predicted_patches(pred, true_p, model.perm, model.inverse, c.grid)
     full = torch.cat([true_p[:, :1], pred], dim=1)[:, model.inverse]  # back to raster
     model.train()
     return images, unpatchify(full, c.patch_size, c.grid)

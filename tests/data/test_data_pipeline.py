@@ -13,7 +13,8 @@ import yaml
 from data_helpers import CIFAR, demo_config, expected_selection
 from typer.testing import CliRunner
 
-from pipelines.data import build_train_dataset, iter_torch_batches, storage
+from pipelines import storage
+from pipelines.data import build_train_dataset, iter_torch_batches
 from pipelines.data.manifest import data_version
 from pipelines.data.pipeline import build_epoch
 

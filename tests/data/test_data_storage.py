@@ -7,7 +7,8 @@ import pyarrow.fs as pafs
 import pytest
 from data_helpers import demo_config
 
-from pipelines.data import formats, storage
+from pipelines import storage
+from pipelines.data import formats
 from pipelines.data.labelled import load_labelled
 from pipelines.data.plan import curated_source
 
@@ -69,7 +70,7 @@ def test_in_process_checkpoints_persist_to_s3_newest_kept(s3_env, tmp_path):
     copy lands under the run, only the newest `keep` stay, and the driver finds the newest."""
     import torch
 
-    from pipelines.data import storage
+    from pipelines import storage
     from pipelines.train.checkpoint import TrainState, persist_checkpoint, read_state, save_state
 
     fs, root = storage.resolve("s3://aim-data/ckpt-test/runs", s3_env.cfg)

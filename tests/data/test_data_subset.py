@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from data_helpers import demo_config
 
-from pipelines.data import storage, uids
+from pipelines import storage
+from pipelines.data import uids
 from pipelines.data.errors import DataError
 
 

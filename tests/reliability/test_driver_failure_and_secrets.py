@@ -275,7 +275,7 @@ def test_no_credentials_in_files_logs_or_bucket(cli):
 
 def test_no_credentials_in_ray_job_metadata_and_dashboard_on_loopback(cli):
     """Ray Tune copies AWS_* from the driver into every trial actor's runtime_env, which the State API shows:
-    `run_sweep` hides them from it (pipelines/data/storage.py::credentials_hidden_from_ray)."""
+    `run_sweep` hides them from it (pipelines/storage.py::credentials_hidden_from_ray)."""
     assert len(cli["dashboards"]) == 2 and all(cli["dashboards"]), "a log did not show the dashboard address"
     for dash in cli["dashboards"]:
         assert dash["url"].startswith("http://127.0.0.1:") and dash["listen"] == {"127.0.0.1"}, dash

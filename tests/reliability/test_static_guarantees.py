@@ -83,7 +83,7 @@ def test_local_servers_bind_loopback_by_default():
 
 
 def test_retry_window_survives_pickling():
-    from pipelines.data import storage
+    from pipelines import storage
     from pipelines.data.config import S3Config
 
     for seconds in (0, 1, 8, 30, 300):
@@ -99,7 +99,7 @@ def test_retry_window_survives_pickling():
 
 def test_storage_filesystem_pickles_without_credentials(monkeypatch):
     """Checkpoint / sweep storage: Ray Train and Tune write this filesystem to disk (Tune's tuner.pkl)."""
-    from pipelines.data import storage
+    from pipelines import storage
     from pipelines.data.config import S3Config
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID0001")
@@ -116,7 +116,7 @@ def test_storage_filesystem_pickles_without_credentials(monkeypatch):
 
 
 def test_credentials_hidden_from_ray_restores_them(monkeypatch):
-    from pipelines.data.storage import credentials_hidden_from_ray
+    from pipelines.storage import credentials_hidden_from_ray
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA0")

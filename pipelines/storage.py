@@ -1,4 +1,6 @@
-"""Local directories and S3-compatible object storage behind one pyarrow filesystem interface.
+"""Local directories and S3-compatible object storage behind one pyarrow filesystem interface, for every part
+of the pipeline: data (pool, curated set, manifests), checkpoints and run outputs (with `storage.s3`), sweeps
+(credentials hidden from Ray), model import/export.
 
 Endpoint and region come from `S3Config` (falling back to AWS_ENDPOINT_URL / AWS_REGION); credentials
 only from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN). Errors are
@@ -181,14 +183,14 @@ def storage_error(err: OSError, fs: pafs.FileSystem, path: str, action: str) -> 
     if any(code in text for code in _AUTH_CODES):
         return StorageError(
             f"{action} {where}: access denied by the storage endpoint; check AWS_ACCESS_KEY_ID / "
-            "AWS_SECRET_ACCESS_KEY in the environment and data.s3.endpoint_url"
+            "AWS_SECRET_ACCESS_KEY in the environment and s3.endpoint_url (data.s3, storage.s3)"
         )
     if any(code in text for code in _UNREACHABLE):
         retried = f"retried for {fs.retry_window:.0f} s; " if isinstance(fs, RetryingS3FileSystem) else ""
         endpoint = fs.endpoint if isinstance(fs, RetryingS3FileSystem) else "the storage endpoint"
         return StorageError(
             f"{action} {where}: storage endpoint {endpoint} unreachable ({retried}check that it is "
-            "up, data.s3.endpoint_url and data.s3.retry_seconds)"
+            "up, s3.endpoint_url and s3.retry_seconds of data.s3 / storage.s3)"
         )
     first = text.split("\n")[0]
     first = re.sub(r"\(Request ID: [^)]*\)", "", first).strip()
