@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from infra.rehearse.cluster import FAST_HEALTH_CHECKS, RAY
+from infra.rehearse.cluster import FAST_HEALTH_CHECKS, RAY, REHEARSAL_ENV
 from infra.rehearse.procs import free_port, session_pids, stop_session, wait_for
 
 AWS_CLUSTER = Path(__file__).resolve().parents[1] / "aws" / "cluster.yaml"
@@ -137,6 +137,7 @@ class FakeAutoscalingCluster:
         ]
         env = {
             **os.environ,
+            **REHEARSAL_ENV,
             **self.env,
             "RAY_TMPDIR": self.tmp,
             "RAY_FAKE_CLUSTER": "1",

@@ -19,6 +19,8 @@ from infra.rehearse.procs import free_port, kill_session, stop_session, wait_for
 
 RAY = str(Path(sys.executable).parent / "ray")
 # Node death is noticed by the GCS's health checks (default 3 s x 5 misses); a little quicker here
+# Every process of the rehearsal: no token auth on a loopback-only cluster (the driver gets the same), no usage stats
+REHEARSAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 FAST_HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}
 
 
@@ -122,7 +124,7 @@ class LocalCluster:
             f"--runtime-env-agent-port={free_port()}",
             "--disable-usage-stats",
         ]
-        env = {**os.environ, **self.env, "RAY_TMPDIR": f"{self.tmp}/{len(self.nodes)}"}
+        env = {**os.environ, **REHEARSAL_ENV, **self.env, "RAY_TMPDIR": f"{self.tmp}/{len(self.nodes)}"}
         proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
