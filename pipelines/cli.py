@@ -12,7 +12,8 @@ from typer.core import TyperGroup
 
 class _OneLineErrors(TyperGroup):
     """The error boundary of every command: a user error (bad data, storage, config, training) that a
-    command did not handle itself prints one line and exits 1; anything else (a bug) keeps its traceback."""
+    command did not handle itself prints one line and exits 1. Anything else (a bug) prints one line too,
+    its traceback going to the command's log file; with -v (no log file) the traceback is printed as is."""
 
     def invoke(self, ctx):
         import click
@@ -26,15 +27,32 @@ class _OneLineErrors(TyperGroup):
 
             msg = user_error(e)
             if msg is None:
-                raise
+                msg = _unexpected(e)
+                if msg is None:
+                    raise
             fail(msg + _log_hint(), code=1)
+
+
+def _unexpected(e: Exception) -> str | None:
+    """One line for an unexpected error, its traceback appended to the log file; None without a log file."""
+    import traceback
+
+    from pipelines import quiet
+
+    path = quiet.log_path()
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write("aimctl: unexpected error\n" + "".join(traceback.format_exception(e)))
+    return f"unexpected {type(e).__name__}: {e} (a bug: please report it with the traceback in the log; -v prints it)"
 
 
 def _log_hint() -> str:
     from pipelines import quiet
 
     path = quiet.log_path()
-    return f" (Ray's log: {path})" if path is not None and path.exists() else ""
+    return f" (log: {path})" if path is not None and path.exists() else ""
 
 
 app = typer.Typer(

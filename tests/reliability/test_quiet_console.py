@@ -90,3 +90,30 @@ def test_the_boundary_catches_user_errors_a_command_left_uncaught_and_keeps_bugs
     assert r.stderr.strip() == "error: pool shard '00001': 3 of 4 samples are unusable"
     r = CliRunner().invoke(app, ["bug"])
     assert isinstance(r.exception, KeyError)
+
+
+def test_in_quiet_mode_a_bug_is_one_line_and_its_traceback_is_in_the_log(tmp_path):
+    from pipelines import quiet
+    from pipelines.cli import _OneLineErrors
+
+    app = typer.Typer(cls=_OneLineErrors)
+
+    @app.command()
+    def bug() -> None:
+        raise KeyError("a bug")
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    log = tmp_path / "aimctl.log"
+    quiet.enable(log)
+    try:
+        r = CliRunner().invoke(app, ["bug"])
+    finally:
+        quiet.disable()
+    assert r.exit_code == 1 and not isinstance(r.exception, KeyError)
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: unexpected KeyError: 'a bug'") and str(log) in line, line
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "KeyError: 'a bug'" in text
