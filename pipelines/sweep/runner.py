@@ -176,7 +176,7 @@ def _progress_metrics(m: dict[str, float]) -> dict[str, float]:
     }
 
 
-def report_progress(ref, trial: Trial, parent_run_id: str, every: float = 2.0) -> dict[str, float]:
+def report_progress(ref, trial: Trial, parent_run_id: str, every: float = 0.5) -> dict[str, float]:
     """Until the trial's task finishes: report each new step of its child run's MLflow metrics (rank 0 logs
     them, in-process or from a worker group alike) to Tune, for its progress table and schedulers (ASHA).
     Returns the last metrics reported (empty without tracking: then Tune sees only the final result)."""

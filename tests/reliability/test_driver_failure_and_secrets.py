@@ -133,7 +133,8 @@ def cli(tmp_path_factory):
 
         # 1. SIGKILL the driver's process group once Ray Train registered a checkpoint, then rerun
         log = out["logs"]["pretrain-killed"] = tmp / "pretrain-killed.log"
-        proc = aimctl("pretrain", str(exp), cwd=tmp, env=env, log=log)
+        # -v: Ray's INFO lines (the dashboard's address among them) on the console, where the test reads them
+        proc = aimctl("-v", "pretrain", str(exp), cwd=tmp, env=env, log=log)
         try:
             out["killed_at"] = wait_for(
                 lambda: _registered_step(s3, "runs/killed-driver"),
@@ -168,7 +169,7 @@ def cli(tmp_path_factory):
             },
         )
         log = out["logs"]["sweep"] = tmp / "sweep.log"
-        proc = aimctl("sweep", str(sweep), cwd=tmp, env=env, log=log)
+        proc = aimctl("-v", "sweep", str(sweep), cwd=tmp, env=env, log=log)
         try:
             # while the trial trains: the dashboard's view of the cluster
             wait_for(
