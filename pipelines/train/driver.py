@@ -302,7 +302,10 @@ def _fit(cfg: ExperimentConfig, args: LoopArgs, callbacks, uri, run_id, show_pro
         return _trainer(cfg, args, callbacks).fit()
     except BaseException:
         if run_id:
-            tracking.client(uri).set_terminated(run_id, status="FAILED")
+            c = tracking.client(uri)
+            # a sweep closes the run of a trial its scheduler stopped as KILLED: never turn that into FAILED
+            if c.get_run(run_id).info.status != "KILLED":
+                c.set_terminated(run_id, status="FAILED")
         raise
     finally:
         stop.set()
