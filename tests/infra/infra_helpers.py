@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from infra.rehearse.procs import free_port, stop_session  # noqa: F401 - re-exported to the infra tests
+
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 VENV_BIN = str(Path(PY).parent)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -38,32 +32,6 @@ def base_env(**extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if os.getsid(int(d.name)) == sid:
-                    pids.append(int(d.name))
-            except (ProcessLookupError, PermissionError):
-                pass
-    return pids
-
-
-def stop_session(sid: int, grace_s: float = 3.0) -> None:
-    """SIGTERM every process of the session we created (by id), then SIGKILL what is left."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
-        pids = _session_pids(sid)
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _session_pids(sid):
-            time.sleep(0.2)
 
 
 @contextlib.contextmanager
