@@ -1,6 +1,7 @@
 """aim_core: AIM (autoregressive image models) in pure PyTorch — model, targets, orders, masks, probes.
 
-Imports only torch, timm, numpy and the standard library.
+Imports only torch, numpy and the standard library (timm is a reference in the tests, not an import: it costs
+~2 s per process).
 """
 
 from aim_core.dvae import DVAE, train_dvae

@@ -8,10 +8,9 @@ width with real (masked) self-attention blocks.
 from __future__ import annotations
 
 import torch
-from timm.layers import Mlp
 from torch import nn
 
-from aim_core.layers import AttnMask, Block, sincos_2d
+from aim_core.layers import AttnMask, Block, Mlp, sincos_2d
 
 __all__ = ["HEADS", "build_head"]
 
@@ -32,7 +31,7 @@ class MLPHeadBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=norm_eps)
         self.norm2 = nn.LayerNorm(width, eps=norm_eps)
-        self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=nn.GELU, bias=False)
+        self.mlp = Mlp(width, int(width * mlp_ratio), bias=False)
 
     def forward(self, x: torch.Tensor, mask: AttnMask = None) -> torch.Tensor:
         x = x + self.norm1(x)  # identity in the attention slot, as in Apple's head

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp
 from torch import nn
 
-__all__ = ["sincos_2d", "Attention", "Block", "AttnMask", "explicit_attention"]
+__all__ = ["sincos_2d", "Attention", "Block", "Mlp", "AttnMask", "explicit_attention"]
 
 # An attention mask as passed down the trunk: None (bidirectional), a (B,1,K,K) boolean tensor for SDPA
 # (True = may attend), or a FlexAttention BlockMask.
 AttnMask = object
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear, the parameter names (`fc1`, `fc2`) and arithmetic of `timm.layers.Mlp` with no
+    dropout or norm: written here because importing timm costs ~2 s in every process that imports
+    aim_core (timm.layers pulls in torchvision and torch._dynamo). tests/core/test_timm_parity.py pins it."""
+
+    def __init__(self, in_features: int, hidden_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, in_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
 
 
 def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
@@ -90,7 +104,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, bias=False)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=False)
 
     def forward(self, x: torch.Tensor, mask: AttnMask = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), mask)

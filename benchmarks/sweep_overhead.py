@@ -73,7 +73,7 @@ def _sweep_file(tmp: Path, demo, steps: int, batch: int, probe: bool, workers: i
     return path
 
 
-def _trial_times(uri: str, parent: str, steps: int, batch: int) -> list[dict]:
+def _trial_times(uri: str, parent: str, steps: int, batch: int, t0: float) -> list[dict]:
     from pipelines import tracking
 
     c = tracking.client(uri)
@@ -95,9 +95,11 @@ def _trial_times(uri: str, parent: str, steps: int, batch: int) -> list[dict]:
                 "stall_s": round(last - first_step_s - train_s, 2),
                 "teardown_s": round(end - last, 2),
                 "run_s": round(end - start, 2),
+                "start_at_s": round(start - t0, 2),  # seconds after the sweep started: the timeline
+                "end_at_s": round(end - t0, 2),
             }
         )
-    return out
+    return sorted(out, key=lambda t: t["start_at_s"])
 
 
 def _measure(tmp: Path, demo, args, workers: int) -> dict:
@@ -114,7 +116,7 @@ def _measure(tmp: Path, demo, args, workers: int) -> dict:
     wall = time.time() - t1
     if results.errors:
         raise SystemExit(f"sweep had failed trials: {results.errors}")
-    per_trial = _trial_times(uri, parent, args.steps, args.batch)
+    per_trial = _trial_times(uri, parent, args.steps, args.batch, t1)
     conc = plan.max_concurrent
     train = sum(t["train_s"] for t in per_trial)
     busy = sum(t["run_s"] for t in per_trial)
