@@ -16,7 +16,10 @@ stepping. Everything else is overhead, and the JSON breaks it down per trial fro
 `stall_s` (the logged training interval minus steps x median step time: first batch wait, checkpoints,
 MLflow logging), `teardown_s` (last step -> run terminated: final checkpoint upload, predictions PNG,
 artifacts; plus the probes with `--probe`), and the sweep's own `outside_trials_s` (wall time outside any
-trial: Tune start, parent run, scheduling gaps). Prints one JSON object.
+trial: Tune start, parent run, scheduling gaps). `fixed_per_trial_s` = (concurrency x wall - training) / trials,
+and `steps_for_target` the trial length at which that fixed cost would be the target share (<= 10%
+in-process, <= 25% with worker groups; `meets_target` says whether this run is under it). Prints one JSON
+object.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -33,6 +37,9 @@ import time
 from pathlib import Path
 
 import yaml
+
+# The targets (issue #18), judged on trials of >= 600 steps: in-process trials, worker-group trials.
+TARGETS = {False: 0.10, True: 0.25}
 
 
 def _sweep_file(tmp: Path, demo, steps: int, batch: int, probe: bool, workers: int, conc: int | None) -> Path:
@@ -86,6 +93,7 @@ def _trial_times(uri: str, parent: str, steps: int, batch: int, t0: float) -> li
         # the first logged point closes the first interval: stepping started about that long before it
         first_step_s = hist[0].timestamp / 1000 - hist[0].step * batch / hist[0].value
         last = hist[-1].timestamp / 1000
+        first_batch = c.get_metric_history(run.info.run_id, "data/first_batch_s")
         start, end = run.info.start_time / 1000, run.info.end_time / 1000
         out.append(
             {
@@ -93,8 +101,14 @@ def _trial_times(uri: str, parent: str, steps: int, batch: int, t0: float) -> li
                 "train_s": round(train_s, 2),
                 "startup_s": round(first_step_s - start, 2),
                 "stall_s": round(last - first_step_s - train_s, 2),
+                "first_batch_s": round(first_batch[0].value, 2) if first_batch else None,  # part of stall_s
                 "teardown_s": round(end - last, 2),
                 "run_s": round(end - start, 2),
+                # each logged interval's seconds beyond its steps at the median rate: where the stall is
+                "interval_excess_s": [
+                    round(b.timestamp / 1000 - a.timestamp / 1000 - (b.step - a.step) * step_s, 2)
+                    for a, b in zip([None, *hist][1:], hist[1:])
+                ],
                 "start_at_s": round(start - t0, 2),  # seconds after the sweep started: the timeline
                 "end_at_s": round(end - t0, 2),
             }
@@ -122,8 +136,12 @@ def _measure(tmp: Path, demo, args, workers: int) -> dict:
     busy = sum(t["run_s"] for t in per_trial)
     med = {
         k: round(statistics.median(t[k] for t in per_trial), 2)
-        for k in ("train_s", "startup_s", "stall_s", "teardown_s", "run_s")
+        for k in ("train_s", "startup_s", "stall_s", "first_batch_s", "teardown_s", "run_s")
     }
+    n = len(per_trial)
+    fixed = (conc * wall - train) / n  # slot-seconds per trial that are not stepping
+    target = TARGETS[workers > 0]
+    step_s = train / (n * args.steps)
     return {
         "num_workers": workers,
         "trials": len(per_trial),
@@ -131,6 +149,11 @@ def _measure(tmp: Path, demo, args, workers: int) -> dict:
         "sweep_wall_s": round(wall, 1),
         "sum_train_s": round(train, 1),
         "overhead": round(1 - train / (conc * wall), 3),
+        "target": target,
+        "meets_target": 1 - train / (conc * wall) <= target,
+        "fixed_per_trial_s": round(fixed, 1),
+        # the same fixed cost is `target` of a trial of this many steps (at this sweep's median step time)
+        "steps_for_target": math.ceil(fixed * (1 - target) / target / step_s),
         "outside_trials_s": round(conc * wall - busy, 1),  # Tune start, parent run, gaps between trials
         "median_per_trial": med,
         "per_trial": per_trial,
@@ -178,7 +201,6 @@ def main(argv: list[str] | None = None) -> dict:
         "batch": args.batch,
         "probe": args.probe,
         "ray_start_s": round(ray_start_s, 1),
-        "target_overhead": 0.20,
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "runs": runs,
     }

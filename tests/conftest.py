@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from pipelines.data.raytools import LOCAL_RAY_ENV
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -25,7 +27,7 @@ def ray_local():
             _node_ip_address="127.0.0.1",
             include_dashboard=True,
             log_to_driver=False,
-            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+            runtime_env={"env_vars": LOCAL_RAY_ENV},
         )
     yield ray
     ray.shutdown()

@@ -35,8 +35,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
             log_to_driver=to_driver,
-            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+            runtime_env={"env_vars": LOCAL_RAY_ENV},
         )
+
+
+# The environment of every worker of a Ray this process starts itself (one machine, nothing to reclaim).
+# Ray Train 2.60 starts a PreemptionWatcher actor per worker group to watch for node drains: on a local Ray
+# no node is ever drained, and the watcher is one more actor process to start per training (seen at ~1.5
+# CPU-s each on 2 cores, imports included). Clusters (an address to connect to) keep it.
+LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def ensure_ray() -> None:

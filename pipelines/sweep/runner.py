@@ -176,10 +176,14 @@ def _progress_metrics(m: dict[str, float]) -> dict[str, float]:
     }
 
 
-def report_progress(ref, trial: Trial, parent_run_id: str, every: float = 0.5) -> dict[str, float]:
+def report_progress(ref, trial: Trial, parent_run_id: str, every: float = 0.5, slow: float = 2.0) -> dict[str, float]:
     """Until the trial's task finishes: report each new step of its child run's MLflow metrics (rank 0 logs
     them, in-process or from a worker group alike) to Tune, for its progress table and schedulers (ASHA).
+    Polls every `every` seconds for the first 10 s (short trials finish between slower polls), then every
+    `slow` seconds (each poll is an MLflow query in this process, beside two trainings on a small machine).
     Returns the last metrics reported (empty without tracking: then Tune sees only the final result)."""
+    import time
+
     import ray
     import ray.tune
 
@@ -187,8 +191,8 @@ def report_progress(ref, trial: Trial, parent_run_id: str, every: float = 0.5) -
     if not cfg.tracking.enabled:
         return last
     c = tracking.client(tracking.resolve_tracking_uri(cfg.tracking.uri))
-    run_id, step = None, -1
-    while not ray.wait([ref], timeout=every)[0]:
+    run_id, step, t0 = None, -1, time.monotonic()
+    while not ray.wait([ref], timeout=every if time.monotonic() - t0 < 10 else slow)[0]:
         try:
             run_id = run_id or _child_run_id(c, trial, parent_run_id)
             m = c.get_run(run_id).data.metrics if run_id else {}

@@ -145,6 +145,7 @@ class _Window:
     n_since: int = 0
     t0: float = field(init=False)
     first_log: bool = True
+    first_batch_s: float | None = None  # seconds from the loop's start to its first batch (this attempt)
 
     def __post_init__(self) -> None:
         self.loss_sum = torch.zeros((), device=self.device)
@@ -214,6 +215,8 @@ def _run(ctx: LoopContext) -> None:
     log = _Logger(ctx.args, ctx.rank)
     win = _Window(ctx.device, last_ckpt=state.step, resumed_from=state.step)
     for images, prefix_len in ctx.feed.batches():
+        if win.first_batch_s is None:  # the data pipeline's start: its first batch after the loop asked
+            win.first_batch_s = time.perf_counter() - win.t0
         if ctx.finished():
             break
         loss_t, grad_norm = _step(ctx, images, prefix_len, bf16)
@@ -230,6 +233,7 @@ def _run(ctx: LoopContext) -> None:
                 log.once = {
                     "train/resumed_from": win.resumed_from,
                     "data/resume_discarded_rows": ctx.feed.stream.discarded,
+                    "data/first_batch_s": win.first_batch_s,
                 }
                 win.first_log = False
             log.log(metrics, state.step)

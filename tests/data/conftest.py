@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from pipelines.data.config import S3Config
+from pipelines.data.raytools import LOCAL_RAY_ENV
 
 BUCKET = "aim-data"
 DEMO = {"shards": 4, "per_shard": 150, "curated_train": 300, "curated_test": 60, "size": 48, "seed": 0}
@@ -87,7 +88,7 @@ def ray_session():
             num_cpus=2,
             include_dashboard=False,
             logging_level="warning",
-            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+            runtime_env={"env_vars": LOCAL_RAY_ENV},
         )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

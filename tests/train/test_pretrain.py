@@ -174,6 +174,9 @@ def test_two_worker_resume_matches_uninterrupted_and_reads_from_its_position(ddp
     # 6 steps x 16 rows per worker = 96 rows into its stream: its second window of 64 rows is half consumed,
     # so its 32 consumed rows are decoded again and dropped (the first attempt logs 0)
     assert discarded == {1: 0, 7: (6 * 16) % cfg.scaling.shuffle_buffer}
+    # each attempt's wait for its first batch, logged once with its first new step
+    first_batch = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "data/first_batch_s")}
+    assert sorted(first_batch) == [1, 7] and all(0 < v < 120 for v in first_batch.values()), first_batch
 
 
 def test_resume_with_fewer_workers_continues_and_changed_settings_are_refused(ddp_run, tmp_path):
