@@ -43,7 +43,28 @@ def client(uri: str):
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return MlflowClient(tracking_uri=uri)
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if db is None or db in _SQLITE_READY:
+        return MlflowClient(tracking_uri=uri)
+    # Two processes opening a new SQLite store at once both run MLflow's table creation and migrations, and
+    # one fails ("Online migration expected to match one row ...": two `aimctl pretrain` started together on
+    # a fresh machine). The first open in a process, which creates the tables if they are missing, runs
+    # under a file lock next to the database.
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            c = MlflowClient(tracking_uri=uri)
+            c.search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _SQLITE_READY.add(db)
+    return c
+
+
+_SQLITE_READY: set[Path] = set()  # databases this process has opened once (their tables exist)
 
 
 # MLflow 3.17 opens an experiment without this tag on its GenAI overview; with it, on its training runs.
