@@ -6,6 +6,7 @@ resumed sweep never duplicates runs. `--resume` restores the Tuner and finishes 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -225,6 +226,16 @@ def _close_stopped_runs(results, trials: dict, uri: str, parent: str) -> None:
                 c.set_terminated(run_id, status="KILLED")
 
 
+def _with_tracking_uri(trial: Trial, uri: str) -> Trial:
+    """The trial with the sweep's resolved tracking URI: an unset one means <cwd>/mlflow.db of *this*
+    process, and Tune runs each trial's actor in the trial's own directory (its progress polls and final
+    read would open another, empty store there)."""
+    if not trial.config.tracking.enabled or trial.config.tracking.uri == uri:
+        return trial
+    tracking_section = trial.config.tracking.model_copy(update={"uri": uri})
+    return dataclasses.replace(trial, config=trial.config.model_copy(update={"tracking": tracking_section}))
+
+
 def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
     """Fit (or restore and finish) the Tuner. Returns the ResultGrid."""
     from concurrent.futures import ThreadPoolExecutor
@@ -243,7 +254,7 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, resume: bool = False):
         uri, parent = opening.result()
 
     fs, root = run_storage(plan.trials[0].config)
-    trials = {t.trial_id: t for t in plan.trials}
+    trials = {t.trial_id: _with_tracking_uri(t, uri) for t in plan.trials}
     # Clusters from infra/ advertise TRAIN_DRIVER on the on-demand head only: trial drivers go there, never
     # onto spot GPU nodes whose reclaim would kill them.
     from pipelines.submit import DRIVER_RESOURCE

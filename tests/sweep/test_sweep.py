@@ -100,6 +100,28 @@ def test_two_trial_sweep_end_to_end(ray_local, demo_data, tmp_path):
     assert "report/report.md" in arts
 
 
+def test_sweep_without_a_tracking_uri_uses_the_drivers_store(ray_local, demo_data, tmp_path, monkeypatch):
+    """`tracking.uri` unset (as in experiments/cifar10-tiny.yaml): every process of the sweep uses the
+    driver's <cwd>/mlflow.db, although Tune runs each trial's actor in the trial's own directory and Ray's
+    workers in another (found by running search-cpu.yaml: each trial failed reading its run back)."""
+    from pipelines.sweep.runner import plan_resources, run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = _sweep_file(demo_data, tmp_path, "nouri", 4, workers=0)
+    spec_yaml = yaml.safe_load(path.read_text())
+    del spec_yaml["experiment"]["tracking"]["uri"]
+    path.write_text(yaml.safe_dump(spec_yaml))
+    spec, trials = load_sweep(path)
+    results, uri, _ = run_sweep(spec, plan_resources(spec, trials, 2.0))
+    assert not results.errors, [str(e)[:300] for e in results.errors]
+    assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, kids = _children(uri, "nouri")
+    assert sorted(k.data.tags["trial"] for k in kids) == ["base", "target=pixel"]
+    assert all(k.info.status == "FINISHED" and "train/loss" in k.data.metrics for k in kids)
+    assert all(r.metrics["step"] == 4 for r in results)  # the trials' final reads found their runs
+
+
 def _aimctl(*args, env=None, **kw):
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=env, start_new_session=True, **kw)
 
