@@ -156,9 +156,28 @@ def _trainable(
         num_cpus=cpus, num_gpus=gpus, max_retries=0, scheduling_strategy=escape, resources=driver_resources
     )
     ref = task.remote(trial, parent_run_id, selections)
-    last = report_progress(ref, trial, parent_run_id)
-    out = ray.get(ref)
+    try:
+        last = report_progress(ref, trial, parent_run_id)
+        out = ray.get(ref)
+    except BaseException:  # stopped by Tune's scheduler (its report raises SystemExit), or failed
+        # the training task runs outside this trial's placement group: without this it keeps training
+        ray.cancel(ref, force=True)
+        _close_killed_run(trial, parent_run_id)
+        raise
     ray.tune.report({**last, **_final_metrics(trial, out.get("run_id")), **out})
+
+
+def _close_killed_run(trial: Trial, parent_run_id: str) -> None:
+    """The child run of a trial whose task was just cancelled: KILLED (it would stay RUNNING)."""
+    if not trial.config.tracking.enabled:
+        return
+    try:
+        c = tracking.client(tracking.resolve_tracking_uri(trial.config.tracking.uri))
+        run_id = _child_run_id(c, trial, parent_run_id)
+        if run_id and c.get_run(run_id).info.status in ("RUNNING", "FAILED"):
+            c.set_terminated(run_id, status="KILLED")
+    except Exception:  # noqa: BLE001 - best effort: the sweep's end closes what is left (_close_stopped_runs)
+        pass
 
 
 def _final_metrics(trial: Trial, run_id: str | None) -> dict[str, float]:
