@@ -107,7 +107,7 @@ def _trial_times(uri: str, parent: str, steps: int, batch: int, t0: float) -> li
                 # each logged interval's seconds beyond its steps at the median rate: where the stall is
                 "interval_excess_s": [
                     round(b.timestamp / 1000 - a.timestamp / 1000 - (b.step - a.step) * step_s, 2)
-                    for a, b in zip([None, *hist][1:], hist[1:])
+                    for a, b in zip(hist, hist[1:])
                 ],
                 "start_at_s": round(start - t0, 2),  # seconds after the sweep started: the timeline
                 "end_at_s": round(end - t0, 2),
@@ -139,18 +139,19 @@ def _measure(tmp: Path, demo, args, workers: int) -> dict:
         for k in ("train_s", "startup_s", "stall_s", "first_batch_s", "teardown_s", "run_s")
     }
     n = len(per_trial)
+    overhead = 1 - train / (conc * wall)
     fixed = (conc * wall - train) / n  # slot-seconds per trial that are not stepping
     target = TARGETS[workers > 0]
     step_s = train / (n * args.steps)
     return {
         "num_workers": workers,
-        "trials": len(per_trial),
+        "trials": n,
         "max_concurrent": conc,
         "sweep_wall_s": round(wall, 1),
         "sum_train_s": round(train, 1),
-        "overhead": round(1 - train / (conc * wall), 3),
+        "overhead": round(overhead, 3),
         "target": target,
-        "meets_target": 1 - train / (conc * wall) <= target,
+        "meets_target": overhead <= target,
         "fixed_per_trial_s": round(fixed, 1),
         # the same fixed cost is `target` of a trial of this many steps (at this sweep's median step time)
         "steps_for_target": math.ceil(fixed * (1 - target) / target / step_s),

@@ -172,12 +172,16 @@ def _close_killed_run(trial: Trial, parent_run_id: str) -> None:
     if not trial.config.tracking.enabled:
         return
     try:
-        c = tracking.client(tracking.resolve_tracking_uri(trial.config.tracking.uri))
-        run_id = _child_run_id(c, trial, parent_run_id)
-        if run_id and c.get_run(run_id).info.status in ("RUNNING", "FAILED"):
-            c.set_terminated(run_id, status="KILLED")
+        _mark_killed(tracking.client(tracking.resolve_tracking_uri(trial.config.tracking.uri)), trial, parent_run_id)
     except Exception:  # noqa: BLE001 - best effort: the sweep's end closes what is left (_close_stopped_runs)
         pass
+
+
+def _mark_killed(c, trial: Trial, parent_run_id: str) -> None:
+    """The trial's child run KILLED, if it is left RUNNING or FAILED (a stopped or cancelled training)."""
+    run_id = _child_run_id(c, trial, parent_run_id)
+    if run_id and c.get_run(run_id).info.status in ("RUNNING", "FAILED"):
+        c.set_terminated(run_id, status="KILLED")
 
 
 def _final_metrics(trial: Trial, run_id: str | None) -> dict[str, float]:
@@ -240,9 +244,7 @@ def _close_stopped_runs(results, trials: dict, uri: str, parent: str) -> None:
     for r in results:
         tid = (r.config or {}).get("trial_id")
         if tid in trials and r.error is None and "run_id" not in (r.metrics or {}):
-            run_id = _child_run_id(c, trials[tid], parent)
-            if run_id and c.get_run(run_id).info.status in ("RUNNING", "FAILED"):
-                c.set_terminated(run_id, status="KILLED")
+            _mark_killed(c, trials[tid], parent)
 
 
 def _with_tracking_uri(trial: Trial, uri: str) -> Trial:

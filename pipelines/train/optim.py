@@ -2,7 +2,7 @@
 
 The parameter grouping and the schedule are timm's (`param_groups_weight_decay`, `CosineLRScheduler` with
 `t_in_epochs=False`), re-written here for the one configuration the loop uses: importing timm costs ~2 s in
-every training process (it pulls in torchvision and torch._dynamo). tests/train/test_optim.py checks both
+every training process (it pulls in torchvision and torch._dynamo). tests/core/test_timm_parity.py checks both
 against timm at every step.
 """
 
@@ -60,12 +60,12 @@ class WarmupCosine:
         for g in optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
         self.base = [g["initial_lr"] for g in optimizer.param_groups]
-        self._slopes = [(b - warmup_lr_init) / warmup for b in self.base] if warmup else []
         self._set([warmup_lr_init] * len(self.base) if warmup else self.base)
 
     def lr_at(self, n: int) -> list[float]:
         if n < self.warmup:
-            return [self.warmup_lr_init + n * s for s in self._slopes]  # timm's arithmetic, to the last bit
+            w = self.warmup_lr_init  # timm's arithmetic, to the last bit: the slope first, then n times it
+            return [w + n * ((b - w) / self.warmup) for b in self.base]
         if n >= self.total:
             return [self.lr_min] * len(self.base)
         c = 1 + math.cos(math.pi * n / self.total)
@@ -87,7 +87,6 @@ class WarmupCosine:
         base = state.get("base") or state.get("base_values")
         if base is not None and len(base) == len(self.base):
             self.base = [float(b) for b in base]
-            self._slopes = [(b - self.warmup_lr_init) / self.warmup for b in self.base] if self.warmup else []
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, sched: ScheduleSection) -> WarmupCosine:
